@@ -1,0 +1,158 @@
+"""Turn YAML and pydantic failures into messages a plant engineer can act on.
+
+Every message names the file, the path of the bad field, the bad value and a hint, and all
+problems of a file are reported at once:
+
+>>> from pydantic import BaseModel, ConfigDict
+>>> class Port(BaseModel):
+...     model_config = ConfigDict(extra="forbid")
+...     port: int = 502
+>>> errs = validate_model(Port, {"prot": 5020}, "plant.yaml")
+>>> print(errs.render())
+plant.yaml: prot: unknown key (did you mean 'port'?)
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    path: str
+    message: str
+
+
+@dataclass
+class ConfigErrors(Exception):
+    """All problems found in one file. ``str()`` gives the full, user-facing report."""
+
+    source: str
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    def render(self) -> str:
+        return "\n".join(
+            f"{self.source}: {p.path}: {p.message}" if p.path else f"{self.source}: {p.message}"
+            for p in self.problems
+        )
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def dotted(loc: Iterable[int | str]) -> str:
+    """``("machines", 2, "kind")`` -> ``machines[2].kind``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def load_yaml(path: Path) -> Any:
+    """Read a YAML file; a syntax error names the line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigErrors(str(path), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = getattr(exc, "problem", None) or str(exc)
+        raise ConfigErrors(
+            str(path), [Problem("", f"{where}YAML syntax error: {what}")]
+        ) from None
+
+
+def _known_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
+    """Field names (and aliases) of the sub-model that ``loc`` points into, best effort."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        fld = getattr(current, "model_fields", {}).get(part)
+        if fld is None:
+            current = None
+            break
+        current = _submodel(fld.annotation)
+    if current is None or not hasattr(current, "model_fields"):
+        return []
+    names: list[str] = []
+    for name, info in current.model_fields.items():
+        names.append(info.alias or name)
+    return names
+
+
+def _submodel(annotation: Any) -> Any:
+    """The BaseModel inside ``X``, ``list[X]``, ``X | None``, ``dict[str, X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def problems_from_validation(model: type[BaseModel], exc: ValidationError) -> list[Problem]:
+    out: list[Problem] = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        path = dotted(loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            close = difflib.get_close_matches(key, _known_keys(model, loc[:-1]), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            out.append(Problem(path, f"unknown key{hint}"))
+        elif kind == "missing":
+            out.append(Problem(path, "required but missing"))
+        else:
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            value = err.get("input")
+            shown = "" if isinstance(value, Mapping | list) else f"{_short(value)}: "
+            out.append(Problem(path, f"{shown}{msg}"))
+    return out
+
+
+def validate_model(model: type[M], data: Any, source: str) -> ConfigErrors:
+    """Validate ``data`` against ``model``; return the problems (empty when valid)."""
+    errors = ConfigErrors(source)
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        errors.problems.extend(problems_from_validation(model, exc))
+    return errors
+
+
+def parse_model(model: type[M], data: Any, source: str) -> M:
+    """Validate and return the model, or raise :class:`ConfigErrors` with every problem."""
+    if not isinstance(data, Mapping):
+        raise ConfigErrors(source, [Problem("", "the file must hold a mapping of keys to values")])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigErrors(source, problems_from_validation(model, exc)) from None
