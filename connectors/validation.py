@@ -15,6 +15,7 @@ plant.yaml: prot: unknown key (did you mean 'port'?)
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ class Problem:
 
 
 @dataclass
-class ConfigErrors(Exception):
+class ConfigErrors(Exception):  # noqa: N818 (it carries many problems, not one error)
     """All problems found in one file. ``str()`` gives the full, user-facing report."""
 
     source: str
@@ -68,35 +69,39 @@ def load_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigErrors(str(path), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
+        raise ConfigErrors(
+            str(path), [Problem("", f"cannot read the file: {exc.strerror}")]
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         what = getattr(exc, "problem", None) or str(exc)
-        raise ConfigErrors(
-            str(path), [Problem("", f"{where}YAML syntax error: {what}")]
-        ) from None
+        raise ConfigErrors(str(path), [Problem("", f"{where}YAML syntax error: {what}")]) from None
+
+
+def _walk(model: type[BaseModel], loc: Sequence[int | str]) -> tuple[Any, Any]:
+    """(sub-model, field info) that ``loc`` points at, best effort; ``None`` where unknown."""
+    current: Any = model
+    info: Any = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        info = fields.get(part) if fields else None
+        if info is None:
+            return None, None
+        current = _submodel(info.annotation)
+    return current, info
 
 
 def _known_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
-    """Field names (and aliases) of the sub-model that ``loc`` points into, best effort."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int) or current is None:
-            continue
-        fld = getattr(current, "model_fields", {}).get(part)
-        if fld is None:
-            current = None
-            break
-        current = _submodel(fld.annotation)
+    """Field names (and aliases) of the sub-model that ``loc`` points into."""
+    current, _ = _walk(model, loc)
     if current is None or not hasattr(current, "model_fields"):
         return []
-    names: list[str] = []
-    for name, info in current.model_fields.items():
-        names.append(info.alias or name)
-    return names
+    return [info.alias or name for name, info in current.model_fields.items()]
 
 
 def _submodel(annotation: Any) -> Any:
@@ -128,13 +133,22 @@ def problems_from_validation(model: type[BaseModel], exc: ValidationError) -> li
             out.append(Problem(path, f"unknown key{hint}"))
         elif kind == "missing":
             out.append(Problem(path, "required but missing"))
+        elif kind == "literal_error":
+            choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+            value = err.get("input")
+            close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            out.append(Problem(path, f"{_short(value)} is not one of: {', '.join(choices)}{hint}"))
         else:
             msg = err["msg"]
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
             value = err.get("input")
             shown = "" if isinstance(value, Mapping | list) else f"{_short(value)}: "
-            out.append(Problem(path, f"{shown}{msg}"))
+            _, info = _walk(model, loc)
+            about = getattr(info, "description", None)
+            hint = f" ({loc[-1]}: {about})" if about and kind != "value_error" else ""
+            out.append(Problem(path, f"{shown}{msg}{hint}"))
     return out
 
 

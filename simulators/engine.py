@@ -70,7 +70,9 @@ class Machine:
         out: dict[str, float] = {}
         for f in self.physical:
             if f.start <= t < f.end:
-                level = f.severity * ((t - f.start) / f.duration if f.type == "bearing_wear" else 1.0)
+                level = f.severity * (
+                    (t - f.start) / f.duration if f.type == "bearing_wear" else 1.0
+                )
                 out[f.type] = max(out.get(f.type, 0.0), level)
         return out
 

@@ -10,12 +10,14 @@ field, its value and a hint.
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from connectors.validation import ConfigErrors, load_yaml, parse_model
 from simulators.models import MODELS, PHYSICAL_FAULTS
@@ -29,7 +31,9 @@ FaultType = Literal[
     "comm_loss",
 ]  # fmt: skip
 
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$"
+)
 
 
 def parse_duration(value: object) -> float:
@@ -156,28 +160,59 @@ class Scenario(_Strict):
         return out
 
 
-def _check(scn: Scenario, errors: ConfigErrors) -> None:
-    """Cross-field rules pydantic cannot express per field."""
-    kinds = ", ".join(sorted(MODELS))
+def _one_of(value: str, what: str, choices: Sequence[str]) -> str:
+    """``'x' is not <what> (one of: a, b); did you mean 'a'?``"""
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{value!r} is not {what} (one of: {', '.join(choices) or 'none'}){hint}"
+
+
+def _check(
+    scn: Scenario,
+    errors: ConfigErrors,
+    machine_index: Sequence[int] | None = None,
+    fault_index: Sequence[int] | None = None,
+) -> None:
+    """Cross-field rules pydantic cannot express per field.
+
+    ``machine_index``/``fault_index`` map list positions back to the file's positions when
+    entries that failed field validation were left out.
+    """
+    mi = machine_index or range(len(scn.machines))
+    fi = fault_index or range(len(scn.faults))
     seen: dict[str, int] = {}
-    for i, m in enumerate(scn.machines):
+    for j, m in enumerate(scn.machines):
+        i = mi[j]
         if m.kind not in MODELS:
-            errors.add(f"machines[{i}].kind", f"{m.kind!r} is not a machine kind (choose one of: {kinds})")
+            errors.add(
+                f"machines[{i}].kind",
+                _one_of(m.kind, "a machine kind", sorted(MODELS)),
+            )
         if m.name in seen:
-            errors.add(f"machines[{i}].name", f"{m.name!r} is already used by machines[{seen[m.name]}]")
+            errors.add(
+                f"machines[{i}].name", f"{m.name!r} is already used by machines[{seen[m.name]}]"
+            )
         seen.setdefault(m.name, i)
     ids: dict[int, str] = {}
-    for i, m in enumerate(scn.machines):
+    for j, m in enumerate(scn.machines):
+        i = mi[j]
         if m.unit_id is not None and m.unit_id in ids:
-            errors.add(f"machines[{i}].unit_id", f"{m.unit_id} is already the unit id of {ids[m.unit_id]!r}")
+            errors.add(
+                f"machines[{i}].unit_id",
+                f"{m.unit_id} is already the unit id of {ids[m.unit_id]!r}",
+            )
         if m.unit_id is not None:
             ids.setdefault(m.unit_id, m.name)
     if len(scn.machines) > 247 and scn.modbus.enabled:
         errors.add("machines", f"{len(scn.machines)} machines, but Modbus has only unit ids 1..247")
     if scn.opcua.enabled and scn.modbus.enabled and scn.opcua.port == scn.modbus.port:
-        errors.add("modbus.port", f"{scn.modbus.port} is also opcua.port; give each protocol its own port")
+        errors.add(
+            "modbus.port", f"{scn.modbus.port} is also opcua.port; give each protocol its own port"
+        )
     if scn.opcua.enabled and not scn.opcua.allow_anonymous and not scn.opcua.users:
-        errors.add("opcua.users", "anonymous access is off and no user is defined: nobody could log in")
+        errors.add(
+            "opcua.users", "anonymous access is off and no user is defined: nobody could log in"
+        )
     for i, u in enumerate(scn.opcua.users):
         if (u.password_env is None) == (u.password_file is None):
             errors.add(f"opcua.users[{i}]", "give exactly one of password_env or password_file")
@@ -185,18 +220,19 @@ def _check(scn: Scenario, errors: ConfigErrors) -> None:
         errors.add("opcua.certificate", "give both certificate and private_key, or neither")
 
     by_name = {m.name: m for m in scn.machines}
-    for i, f in enumerate(scn.faults):
-        where = f"faults[{i}]"
+    for j, f in enumerate(scn.faults):
+        where = f"faults[{fi[j]}]"
         machine = by_name.get(f.machine)
         if machine is None:
-            names = ", ".join(by_name) or "none"
-            errors.add(f"{where}.machine", f"{f.machine!r} is not a machine of this scenario ({names})")
+            errors.add(
+                f"{where}.machine", _one_of(f.machine, "a machine of this scenario", list(by_name))
+            )
             continue
         if f.end > scn.duration:
             errors.add(
                 f"{where}.start",
-                f"the fault runs {f.start:g}..{f.end:g} s, outside the run (duration {scn.duration:g} s);"
-                " move it earlier, shorten it or lengthen the scenario",
+                f"the fault runs {f.start:g}..{f.end:g} s, outside the run "
+                f"(duration {scn.duration:g} s); move it earlier, shorten it or lengthen the run",
             )
         model = MODELS.get(machine.kind)
         if model is None:
@@ -204,25 +240,72 @@ def _check(scn: Scenario, errors: ConfigErrors) -> None:
         signals = model.signal_names()
         if f.type in PHYSICAL_FAULTS and f.type not in model.fault_effects:
             ok = ", ".join(model.fault_effects) or "none"
-            errors.add(f"{where}.type", f"a {machine.kind} machine cannot have {f.type!r} (it can have: {ok})")
+            errors.add(
+                f"{where}.type",
+                f"a {machine.kind} machine cannot have {f.type!r} (it can have: {ok})",
+            )
         if f.type in SENSOR_FAULTS:
             if f.signal is None:
-                errors.add(f"{where}.signal", f"a {f.type} fault needs the signal it affects (one of: {', '.join(signals)})")
+                errors.add(
+                    f"{where}.signal",
+                    f"a {f.type} fault needs the signal it affects (one of: {', '.join(signals)})",
+                )
             elif f.signal not in signals:
-                errors.add(f"{where}.signal", f"{f.signal!r} is not a signal of {machine.kind} (one of: {', '.join(signals)})")
+                errors.add(
+                    f"{where}.signal",
+                    _one_of(f.signal, f"a signal of {machine.kind}", signals),
+                )
         elif f.signal is not None:
-            errors.add(f"{where}.signal", f"only sensor faults ({', '.join(SENSOR_FAULTS)}) take a signal")
+            errors.add(
+                f"{where}.signal", f"only sensor faults ({', '.join(SENSOR_FAULTS)}) take a signal"
+            )
 
 
-def load_scenario(path: Path | str) -> Scenario:
-    """Load and validate a scenario file; raise :class:`ConfigErrors` listing every problem."""
-    path = Path(path)
-    scn = parse_model(Scenario, load_yaml(path), str(path))
-    errors = ConfigErrors(str(path))
+def check_scenario(scn: Scenario, source: str) -> None:
+    """Apply the cross-field rules; raise :class:`ConfigErrors` listing every problem."""
+    errors = ConfigErrors(source)
     _check(scn, errors)
     if errors.problems:
         raise errors
+
+
+def load_scenario(path: Path | str) -> Scenario:
+    """Load and validate a scenario file; raise :class:`ConfigErrors` listing every problem.
+
+    Field errors and cross-field errors are reported together: entries that fail field
+    validation are set aside and the rest is still checked.
+    """
+    path = Path(path)
+    data = load_yaml(path)
+    try:
+        scn = parse_model(Scenario, data, str(path))
+    except ConfigErrors as first:
+        _check_remainder(data, first)
+        raise first from None
+    check_scenario(scn, str(path))
     return scn
+
+
+def _check_remainder(data: Any, errors: ConfigErrors) -> None:
+    """Run the cross-field rules on what survives field validation, adding to ``errors``."""
+    if not isinstance(data, dict):
+        return
+    bad_top = {p.path.split(".")[0].split("[")[0] for p in errors.problems}
+    bad_items = {p.path.split(".")[0] for p in errors.problems}
+    clean = {k: v for k, v in data.items() if k not in bad_top or k in ("machines", "faults")}
+    index: dict[str, list[int]] = {}
+    for key in ("machines", "faults"):
+        items = data.get(key)
+        if not isinstance(items, list):
+            continue
+        keep = [i for i in range(len(items)) if f"{key}[{i}]" not in bad_items]
+        clean[key] = [items[i] for i in keep]
+        index[key] = keep
+    try:
+        scn = Scenario.model_validate(clean)
+    except ValidationError:
+        return
+    _check(scn, errors, index.get("machines"), index.get("faults"))
 
 
 def affected_signals(scn: Scenario, fault: FaultSpec) -> tuple[str, ...]:

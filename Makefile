@@ -1,0 +1,53 @@
+# factory-agent: the two commands are `make demo` and `make test` (see README.md).
+# Everything else here is what they are made of.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit integration system-deps bench clean help
+
+help:
+	@echo "make demo   - run the simulated demo plant (OPC UA :4840, Modbus :5020)"
+	@echo "make test   - install everything the tests need, then lint, type-check and test"
+	@echo "make bench  - run the benchmark scripts and print their figures"
+
+# A virtual environment with the project and its development tools, rebuilt when
+# pyproject.toml changes. On Debian without ensurepip, python3-venv is installed first.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "factory-agent needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 2; }
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || scripts/apt-install python3-venv
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/factory-sim run configs/scenarios/demo.yaml
+
+# Debian packages the integration tests start as real servers.
+system-deps:
+	@scripts/apt-install influxdb victoria-metrics
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+test: $(STAMP) system-deps lint typecheck
+	$(BIN)/python -m doctest connectors/*.py simulators/*.py simulators/models/*.py
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,42 @@
+"""Shared fixtures: paths, small scenarios and free loopback ports."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulators.scenario import Scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_scenario(**overrides: Any) -> Scenario:
+    """A one-CNC scenario at 60x, one update per second (60 machine seconds per tick)."""
+    data: dict[str, Any] = {
+        "name": "test",
+        "seed": 11,
+        "speed": 60,
+        "rate_hz": 1,
+        "duration": "3h",
+        "start": "2026-01-05T06:00:00Z",
+        "machines": [{"name": "cnc-01", "kind": "cnc", "line": "line-1"}],
+        "faults": [],
+    }
+    data.update(overrides)
+    return Scenario.model_validate(data)
+
+
+@pytest.fixture
+def scenario_factory() -> Any:
+    return make_scenario
