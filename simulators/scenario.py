@@ -84,7 +84,9 @@ class UserSpec(_Strict):
 class OpcUaSpec(_Strict):
     enabled: bool = Field(True, description="serve OPC UA")
     host: str = Field("127.0.0.1", description="address to listen on")
-    port: int = Field(4840, ge=1, le=65535, description="TCP port (4840 is the OPC UA default)")
+    port: int = Field(
+        4840, ge=0, le=65535, description="TCP port (4840 is the OPC UA default; 0 picks one)"
+    )
     namespace: str = Field("urn:factory-agent:simulator", description="our namespace URI")
     security: list[SecurityName] = Field(
         default_factory=lambda: [
@@ -105,7 +107,7 @@ class OpcUaSpec(_Strict):
 class ModbusSpec(_Strict):
     enabled: bool = Field(True, description="serve Modbus TCP")
     host: str = Field("127.0.0.1", description="address to listen on")
-    port: int = Field(5020, ge=1, le=65535, description="TCP port (502 needs root)")
+    port: int = Field(5020, ge=0, le=65535, description="TCP port (502 needs root; 0 picks one)")
     word_order: WordOrder = Field("ABCD", description="register order of 32-bit values")
 
 
@@ -205,7 +207,7 @@ def _check(
             ids.setdefault(m.unit_id, m.name)
     if len(scn.machines) > 247 and scn.modbus.enabled:
         errors.add("machines", f"{len(scn.machines)} machines, but Modbus has only unit ids 1..247")
-    if scn.opcua.enabled and scn.modbus.enabled and scn.opcua.port == scn.modbus.port:
+    if scn.opcua.enabled and scn.modbus.enabled and scn.opcua.port == scn.modbus.port != 0:
         errors.add(
             "modbus.port", f"{scn.modbus.port} is also opcua.port; give each protocol its own port"
         )
