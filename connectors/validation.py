@@ -120,6 +120,26 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+#: pydantic error types reworded for people who do not read pydantic.
+_PLAIN = {
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "too_short": "too few entries: at least {min_length} needed",
+    "too_long": "too many entries: at most {max_length} allowed",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be text",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping of keys to values",
+    "model_type": "must be a mapping of keys to values",
+    "string_pattern_mismatch": "may contain only letters, digits, '_', '.' and '-'",
+}
+
+
 def problems_from_validation(model: type[BaseModel], exc: ValidationError) -> list[Problem]:
     out: list[Problem] = []
     for err in exc.errors():
@@ -139,6 +159,17 @@ def problems_from_validation(model: type[BaseModel], exc: ValidationError) -> li
             close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             out.append(Problem(path, f"{_short(value)} is not one of: {', '.join(choices)}{hint}"))
+        elif kind in _PLAIN:
+            value = err.get("input")
+            shown = "" if isinstance(value, Mapping | list) else f"{_short(value)}: "
+            _, info = _walk(model, loc)
+            about = getattr(info, "description", None)
+            hint = f" ({loc[-1]}: {about})" if about else ""
+            ctx = {
+                k: f"{v:g}" if isinstance(v, float) else v for k, v in err.get("ctx", {}).items()
+            }
+            text = _PLAIN[kind].format(**ctx)
+            out.append(Problem(path, f"{shown}{text}{hint}"))
         else:
             msg = err["msg"]
             if msg.startswith("Value error, "):

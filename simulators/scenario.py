@@ -67,6 +67,13 @@ SecurityName = Literal[
     "Aes128_Sha256_RsaOaep_SignAndEncrypt",
 ]
 WordOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
+DEFAULT_SECURITY: tuple[SecurityName, ...] = (
+    "None",
+    "Basic256Sha256_Sign",
+    "Basic256Sha256_SignAndEncrypt",
+    "Aes256_Sha256_RsaPss_Sign",
+    "Aes256_Sha256_RsaPss_SignAndEncrypt",
+)
 
 
 class _Strict(BaseModel):
@@ -89,12 +96,9 @@ class OpcUaSpec(_Strict):
     )
     namespace: str = Field("urn:factory-agent:simulator", description="our namespace URI")
     security: list[SecurityName] = Field(
-        default_factory=lambda: [
-            "None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt",
-            "Aes256_Sha256_RsaPss_Sign", "Aes256_Sha256_RsaPss_SignAndEncrypt",
-        ],
+        default_factory=lambda: list(DEFAULT_SECURITY),
         description="security policies and modes offered by the endpoint",
-    )  # fmt: skip
+    )
     allow_anonymous: bool = Field(True, description="accept anonymous sessions")
     users: list[UserSpec] = Field(default_factory=list, description="username/password logins")
     certificate: Path | None = Field(None, description="server certificate (DER or PEM)")

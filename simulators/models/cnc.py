@@ -26,24 +26,41 @@ class CncMachine(MachineModel):
     kind = "cnc"
     title = "CNC machining centre"
     signals = (
-        Signal("spindle_speed", "rpm", 0.0, 12000.0, 15.0, 0.5,
-               "spindle speed, 0 during tool changes"),
+        Signal(
+            "spindle_speed", "rpm", 0.0, 12000.0, 15.0, 0.5, "spindle speed, 0 during tool changes"
+        ),
         Signal("spindle_load", "%", 0.0, 100.0, 0.8, 0.01, "spindle load, % of rated torque"),
         Signal("motor_current", "A", 0.0, 60.0, 0.3, 0.01, "spindle motor current"),
-        Signal("bearing_temperature", "°C", 20.0, 70.0, 0.15, 0.01,
-               "front spindle bearing temperature"),
-        Signal("vibration_rms", "mm/s", 0.0, 4.5, 0.05, 0.001,
-               "spindle housing vibration velocity, RMS (ISO 10816)"),
+        Signal(
+            "bearing_temperature", "°C", 20.0, 70.0, 0.15, 0.01, "front spindle bearing temperature"
+        ),
+        Signal(
+            "vibration_rms",
+            "mm/s",
+            0.0,
+            4.5,
+            0.05,
+            0.001,
+            "spindle housing vibration velocity, RMS (ISO 10816)",
+        ),
         Signal("coolant_temperature", "°C", 18.0, 32.0, 0.1, 0.01, "coolant supply temperature"),
         Signal("coolant_flow", "l/min", 0.0, 40.0, 0.4, 0.01, "coolant flow rate"),
     )
     fault_effects = {
         "bearing_wear": ("spindle_load", "motor_current", "bearing_temperature", "vibration_rms"),
         "overheating": ("bearing_temperature", "coolant_temperature", "coolant_flow"),
-        "overload": ("spindle_speed", "spindle_load", "motor_current", "bearing_temperature",
-                     "vibration_rms"),
+        "overload": (
+            "spindle_speed",
+            "spindle_load",
+            "motor_current",
+            "bearing_temperature",
+            "vibration_rms",
+            "coolant_temperature",
+        ),
     }
-    settle_s = 7 * _TAU_COOLANT_S
+    # The coolant lag feeds the bearing lag; with time constants this close the chain needs
+    # about 8.5 coolant time constants to settle below a tenth of the noise.
+    settle_s = 9 * _TAU_COOLANT_S
 
     def __init__(self, rng: random.Random) -> None:
         super().__init__(rng)
@@ -88,8 +105,10 @@ class CncMachine(MachineModel):
         current = 4.5 + 0.42 * load + 1.5 * running
 
         coolant_flow = (28.0 if self.speed_set > 0.0 else 18.0) * (1.0 - 0.85 * cooling_loss)
-        # Coolant heats up with cutting power when its flow (and chiller) is lost.
-        coolant_target = self.ambient - 2.0 + (0.04 * load) * (1.0 + 8.0 * cooling_loss)
+        # Coolant carries the cutting heat (not the bearing's friction, which stays in the
+        # spindle); it heats up when its flow (and chiller) is lost.
+        cutting = self.cut_load * (1.0 + 0.9 * jam)
+        coolant_target = self.ambient - 2.0 + (0.04 * cutting) * (1.0 + 8.0 * cooling_loss)
         self.coolant_t = lag(self.coolant_t, coolant_target, dt, _TAU_COOLANT_S)
         # Bearing losses: friction (wear) plus a share of the motor's copper losses.
         power_loss = 0.35 * friction + 0.004 * current * current

@@ -99,7 +99,9 @@ def split(faulty: list[Any], clean: list[Any], idx: int) -> tuple[list[Any], lis
 
 def assert_only_target_changed(faulty: list[Any], clean: list[Any], idx: int) -> None:
     for (_, fv, _, _), (_, cv, _, _) in zip(faulty, clean, strict=True):
-        assert [v for i, v in enumerate(fv) if i != idx] == [v for i, v in enumerate(cv) if i != idx]
+        assert [v for i, v in enumerate(fv) if i != idx] == [
+            v for i, v in enumerate(cv) if i != idx
+        ]
     _, outside = split(faulty, clean, idx)
     assert all(f == c for f, c, _ in outside)
 

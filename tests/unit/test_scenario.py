@@ -63,7 +63,8 @@ def test_missing_file_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> No
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [(90, 90.0), ("90s", 90.0), ("10m", 600.0), ("1h30m", 5400.0), ("2h", 7200.0)]
+    ("text", "seconds"),
+    [(90, 90.0), ("90s", 90.0), ("10m", 600.0), ("1h30m", 5400.0), ("2h", 7200.0)],
 )
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
