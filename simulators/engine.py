@@ -93,7 +93,8 @@ class Plant:
         begin = start or scenario.start or datetime.now(UTC)
         if begin.tzinfo is None:
             begin = begin.replace(tzinfo=UTC)
-        self.start_ns = int(begin.timestamp()) * 1_000_000_000 + begin.microsecond * 1000
+        # Whole milliseconds: Modbus serves ms timestamps, and clients compare them with OPC UA's.
+        self.start_ns = int(begin.timestamp()) * 1_000_000_000 + begin.microsecond // 1000 * 10**6
         self.dt = scenario.speed / scenario.rate_hz
         self.substeps = max(1, math.ceil(self.dt / MAX_SUBSTEP_S - 1e-9))
         self.tick = 0

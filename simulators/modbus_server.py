@@ -1,0 +1,229 @@
+"""Modbus TCP server for the simulated plant: one unit id per machine, read-only.
+
+Each machine answers on its unit id (``Scenario.unit_ids()``) with the layout of
+:mod:`simulators.registermap`. :meth:`ModbusSimServer.publish` is a plant tick listener: after
+every tick it re-encodes every machine into plain Python lists (precompiled
+:class:`~connectors.codec.Codec` structs, 1-1.5 µs per signal), and reads slice those lists.
+
+Behaviour on the wire (choices a client can rely on):
+
+- A read inside a mapped block answers the current values; a read that touches any unmapped
+  address (or crosses from a mapped block into unmapped space) answers exception 2
+  (illegal data address).
+- An unknown unit id answers exception 0x0B (gateway target device failed to respond), as a
+  gateway in front of many devices does; a misconfigured client fails fast instead of timing out.
+- A machine under a ``comm_loss`` fault (``online`` false) does not answer at all, whatever the
+  function code: its responses are dropped on the way out, so the client times out; it answers
+  again from the first tick after the fault.
+- Writes (FC5, 6, 15, 16, 22, 23) answer exception 1 (illegal function): the simulated devices
+  are read-only and implement no write function.
+
+pymodbus hooks used: its request handler calls ``server.context.async_getValues`` /
+``async_setValues`` for every data-access function code; we install a :class:`SimCore` subclass
+there that reads our images (pymodbus' own SimDevice store checks every register's flags in
+Python and cannot express "unknown unit -> 0x0B"). Silence uses the public ``trace_packet`` hook:
+an outgoing frame whose MBAP unit id is offline is replaced by no bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass
+
+import structlog
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator.simcore import SimCore
+
+from simulators.engine import Machine, Plant
+from simulators.registermap import RegisterImage, RegisterMap, Table
+from simulators.scenario import ModbusSpec
+
+log = structlog.get_logger()
+
+_READ_TABLE: dict[int, Table] = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
+_BIT_TABLES = (1, 2)
+#: Byte offset of the unit id in a Modbus TCP frame (MBAP header: tid 2, protocol 2, length 2).
+_MBAP_UNIT = 6
+
+
+class ServerStartError(Exception):
+    """The server could not start (port in use, address not available): a user's problem."""
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """What the server received, answered and refused (Vector-style component counters)."""
+
+    requests: int = 0
+    exceptions: int = 0
+    silenced: int = 0
+    publishes: int = 0
+    publish_s: float = 0.0
+
+
+class _Unit:
+    """One machine as a Modbus unit: its map and the image currently served."""
+
+    __slots__ = ("image", "machine", "online", "regmap")
+
+    def __init__(self, machine: Machine, regmap: RegisterMap, time_ns: int) -> None:
+        self.machine = machine
+        self.regmap = regmap
+        self.online = machine.online
+        self.image: RegisterImage = regmap.render(machine.values, machine.status, time_ns)
+
+
+class _PlantStore(SimCore):
+    """The datastore pymodbus' request handler reads: our units' images, nothing else."""
+
+    def __init__(self, units: dict[int, _Unit], stats: ServerStats) -> None:
+        super().__init__([])
+        self.units = units
+        self.stats = stats
+
+    def device_ids(self) -> list[int]:
+        return list(self.units)
+
+    async def async_getValues(  # noqa: N802 (pymodbus' name)
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
+        self.stats.requests += 1
+        unit = self.units.get(device_id)
+        if unit is None:
+            self.stats.exceptions += 1
+            return ExcCodes.GATEWAY_NO_RESPONSE
+        table = _READ_TABLE.get(func_code)
+        if table is None:  # FC22 (mask write) reads first; every write is refused
+            self.stats.exceptions += 1
+            return ExcCodes.ILLEGAL_FUNCTION
+        values = unit.image.read(table, address, count)
+        if values is None:
+            self.stats.exceptions += 1
+            return ExcCodes.ILLEGAL_ADDRESS
+        if func_code in _BIT_TABLES:
+            return [v != 0 for v in values]
+        return values
+
+    async def async_setValues(  # noqa: N802 (pymodbus' name)
+        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
+    ) -> ExcCodes | None:
+        self.stats.requests += 1
+        self.stats.exceptions += 1
+        if device_id not in self.units:
+            return ExcCodes.GATEWAY_NO_RESPONSE
+        return ExcCodes.ILLEGAL_FUNCTION
+
+
+class ModbusSimServer:
+    """Serves a :class:`Plant` over Modbus TCP; :meth:`publish` is its tick listener.
+
+    ``spec.port`` 0 binds a free port (the scenario schema asks for 1..65535, so tests pass
+    ``spec.model_copy(update={"port": 0})``); :attr:`port` holds the bound port after
+    :meth:`start`. Use a literal address with port 0: a name resolving to several addresses
+    would get one free port per address, and :attr:`port` reports the first.
+    """
+
+    def __init__(self, plant: Plant, spec: ModbusSpec) -> None:
+        self.spec = spec
+        self.host = spec.host
+        self.port = spec.port  # the bound port once started (port 0 picks a free one)
+        self.stats = ServerStats()
+        now = plant.time_ns
+        self._units: list[_Unit] = [
+            _Unit(m, RegisterMap.for_model(type(m.model), spec.word_order), now)
+            for m in plant.machines
+        ]
+        self._by_id = {u.machine.unit_id: u for u in self._units}
+        self._offline: set[int] = {uid for uid, u in self._by_id.items() if not u.online}
+        self._store = _PlantStore(self._by_id, self.stats)
+        self._server: ModbusTcpServer | None = None
+
+    @property
+    def signal_count(self) -> int:
+        """Signals served over all units."""
+        return sum(len(u.regmap.signals) for u in self._units)
+
+    def describe(self) -> str:
+        """One line for the CLI banner."""
+        ids = sorted(self._by_id)
+        span = f"{ids[0]}..{ids[-1]}" if len(ids) > 1 else str(ids[0])
+        return (
+            f"modbus: tcp://{self.host}:{self.port}, unit ids {span} ({len(ids)} machines), "
+            f"word order {self.spec.word_order}, {self.signal_count} signals"
+        )
+
+    async def start(self) -> None:
+        """Bind and start serving; raise :class:`ServerStartError` if the port is unavailable."""
+        if self._server is not None:
+            raise RuntimeError("the Modbus server is already running")
+        server = ModbusTcpServer(
+            [],  # placeholder store, replaced below by ours
+            address=(self.host, self.port),
+            trace_packet=self._trace_packet,
+        )
+        server.context = self._store
+        if not await server.listen():
+            reason = _bind_error(self.host, self.port)
+            raise ServerStartError(
+                f"Modbus server cannot listen on {self.host}:{self.port} ({reason}); "
+                f"choose another modbus.port in the scenario (or --modbus-port)"
+            )
+        sockets = getattr(server.transport, "sockets", None) or ()
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        self._server = server
+        log.info("modbus_server_started", host=self.host, port=self.port,
+                 units=len(self._units), signals=self.signal_count,
+                 word_order=self.spec.word_order)  # fmt: skip
+
+    async def stop(self) -> None:
+        """Close the listener and every client connection."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()  # what shutdown() does, minus resolving serve_forever's future (unused)
+        await asyncio.sleep(0)  # let the transports run their close callbacks
+        log.info("modbus_server_stopped", port=self.port, requests=self.stats.requests,
+                 exceptions=self.stats.exceptions, silenced=self.stats.silenced)  # fmt: skip
+
+    async def publish(self, plant: Plant) -> None:
+        """Re-encode every machine's current values (a :class:`Plant` listener)."""
+        t0 = time.perf_counter()
+        time_ns = plant.time_ns
+        changed = False
+        for unit in self._units:
+            m = unit.machine
+            unit.image = unit.regmap.render(m.values, m.status, time_ns)
+            if m.online != unit.online:
+                unit.online = m.online
+                changed = True
+                event = "modbus_unit_resumed" if m.online else "modbus_unit_silenced"
+                log.info(event, machine=m.name, unit_id=m.unit_id)
+        if changed:
+            self._offline = {uid for uid, u in self._by_id.items() if not u.online}
+        self.stats.publishes += 1
+        self.stats.publish_s += time.perf_counter() - t0
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """Drop every response of an offline unit (comm_loss): the client times out."""
+        if (
+            sending
+            and self._offline
+            and len(data) > _MBAP_UNIT
+            and data[_MBAP_UNIT] in self._offline
+        ):
+            self.stats.silenced += 1
+            return b""
+        return data
+
+
+def _bind_error(host: str, port: int) -> str:
+    """Why binding failed, found by trying once more with a plain socket."""
+    try:
+        with socket.create_server((host, port)):
+            return "the address was not available"
+    except OSError as exc:
+        return exc.strerror or str(exc)
