@@ -20,7 +20,9 @@ from connectors import logs
 from connectors.types import signal_table
 from connectors.validation import ConfigErrors
 from simulators.engine import Plant
+from simulators.modbus_server import ServerStartError
 from simulators.models import MODELS
+from simulators.opcua_security import OpcUaSetupError
 from simulators.scenario import Scenario, check_scenario, load_scenario
 
 log = structlog.get_logger()
@@ -215,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(exc.render() + "\n")
         return 2
     except UsageError as exc:
+        sys.stderr.write(f"factory-sim: {exc}\n")
+        return 2
+    except (ServerStartError, OpcUaSetupError) as exc:
+        # A busy port, a missing password variable, an unreadable certificate: the user's fix.
         sys.stderr.write(f"factory-sim: {exc}\n")
         return 2
     except KeyboardInterrupt:
