@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,7 @@ from simulators.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
+SIM = [sys.executable, "-m", "simulators.cli"]
 
 
 def free_port() -> int:
@@ -40,3 +45,27 @@ def make_scenario(**overrides: Any) -> Scenario:
 @pytest.fixture
 def scenario_factory() -> Any:
     return make_scenario
+
+
+def start_sim(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [*SIM, "run", *args], cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def wait_banner(proc: subprocess.Popen[str], timeout_s: float = 30.0) -> str:
+    """Read stdout until the labels line: both servers are listening by then."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.strip().startswith("labels:"):
+            return "".join(lines)
+    err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+    raise AssertionError(f"factory-sim did not come up: {''.join(lines)}{err}")

@@ -12,8 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,37 +22,12 @@ import yaml
 from asyncua import Client, ua
 from pymodbus.client import AsyncModbusTcpClient
 
-from tests.conftest import CONFIGS, ROOT, free_port
+from tests.conftest import CONFIGS, ROOT, SIM, free_port, start_sim, wait_banner
 
 pytestmark = pytest.mark.integration
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEMO = CONFIGS / "scenarios" / "demo.yaml"
-SIM = [sys.executable, "-m", "simulators.cli"]
-
-
-def start_sim(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [*SIM, "run", *args], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-
-
-def wait_banner(proc: subprocess.Popen[str], timeout_s: float = 30.0) -> str:
-    """Read stdout until the labels line: both servers are listening by then."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.strip().startswith("labels:"):
-            return "".join(lines)
-    err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
-    raise AssertionError(f"factory-sim did not come up: {''.join(lines)}{err}")
 
 
 @pytest.fixture
