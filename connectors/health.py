@@ -78,7 +78,7 @@ class DeviceHealth:
     _ever_up: bool = False
 
     def __post_init__(self) -> None:
-        self.log = structlog.get_logger().bind(device=self.device)
+        self.log = structlog.get_logger(device=self.device)  # lazy: follows later configure()
 
     def record_rtt(self, seconds: float) -> None:
         self.rtt_s.append(seconds)

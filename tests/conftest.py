@@ -7,10 +7,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from simulators.scenario import Scenario
 
@@ -45,6 +47,13 @@ def make_scenario(**overrides: Any) -> Scenario:
 @pytest.fixture
 def scenario_factory() -> Any:
     return make_scenario
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """A CLI test configures structlog for the process; give every test the defaults back."""
+    yield
+    structlog.reset_defaults()
 
 
 def start_sim(*args: str) -> subprocess.Popen[str]:
