@@ -146,6 +146,8 @@ def exception_quality(code: int) -> Quality:
 
 
 TIMEOUT = Quality.bad(0, "timeout")
+#: Polls in a row in which no unit answered before the connection is closed and reopened.
+_LINK_FAILURES_BEFORE_REOPEN = 2
 NOT_A_NUMBER = Quality.bad(0, "NaN")
 
 
@@ -158,6 +160,7 @@ class ModbusConnector:
         self.backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
         self._client: Any = None
         self._closed = asyncio.Event()
+        self._link_failures = 0
         base = config.address_base
         tags: list[Tag] = []
         self._fields: dict[str, _Field] = {}
@@ -234,6 +237,7 @@ class ModbusConnector:
                 if self._closed.is_set():
                     return
                 if self._client is None or not self._client.connected:
+                    self.health.failed_polls += 1  # a visible, counted gap
                     continue
             for reading in await self.poll(ts):
                 yield reading
@@ -246,7 +250,11 @@ class ModbusConnector:
             return
         except TimeoutError:
             pass
-        if not await self._open():
+        if await self._open():
+            # Connecting is cheap to retry; the backoff is for refused or unreachable hosts.
+            self.backoff.reset()
+            self._link_failures = 0
+        else:
             self.health.failed(f"cannot connect to {self._where()}")
 
     async def poll(self, ts_ns: int) -> list[Reading]:
@@ -255,9 +263,10 @@ class ModbusConnector:
         values: list[dict[str, FieldValue]] = [{} for _ in cfg.machines]
         quality: list[dict[str, Quality]] = [{} for _ in cfg.machines]
         now = time.monotonic()
-        any_ok = False
         errors: list[str] = []
         self.health.polls += 1
+        answered: list[_Unit] = []
+        silent: list[_Unit] = []
         for unit in self._units:
             if unit.aside_until > now:
                 continue
@@ -267,21 +276,27 @@ class ModbusConnector:
                 unit_ok |= ok
                 if err:
                     errors.append(err)
-            any_ok |= unit_ok
-            if unit_ok:
-                unit.failures = 0
-            else:
+            (answered if unit_ok else silent).append(unit)
+        for unit in answered:
+            unit.failures = 0
+        if answered:
+            # The link works: a unit that stays silent is a dead device behind a gateway. Put
+            # it aside so the others keep their cadence instead of paying its timeouts.
+            self._link_failures = 0
+            for unit in silent:
                 unit.failures += 1
                 if unit.failures >= cfg.put_aside_after and cfg.put_aside_s > 0:
                     unit.aside_until = now + cfg.put_aside_s
                     self.health.log.warning("unit_put_aside", unit_id=unit.unit_id,
                                             seconds=cfg.put_aside_s, error=errors[-1:])  # fmt: skip
-        if any_ok:
             self.health.succeeded()
-            self.backoff.reset()
-        else:
+        elif silent:
+            # Nothing answered: the link (or the whole device) is down, not one unit.
+            self._link_failures += 1
             self.health.failed_polls += 1
-            self.health.failed("; ".join(errors[:3]) or "no unit answered")
+            self.health.failed("; ".join(errors[:3]))
+            if self._link_failures >= _LINK_FAILURES_BEFORE_REOPEN and self._client is not None:
+                self._client.close()  # a fresh connection after a cut; NAT state may be gone
         out = []
         for mi, m in enumerate(cfg.machines):
             if not values[mi]:
