@@ -149,6 +149,7 @@ TIMEOUT = Quality.bad(0, "timeout")
 #: Polls in a row in which no unit answered before the connection is closed and reopened.
 _LINK_FAILURES_BEFORE_REOPEN = 2
 NOT_A_NUMBER = Quality.bad(0, "NaN")
+_INFINITE = (math.inf, -math.inf)
 
 
 class ModbusConnector:
@@ -339,16 +340,30 @@ class ModbusConnector:
             # An exception is an answer: the device is alive, the request is wrong.
             return True, f"unit {req.unit_id} {req.table}@{req.start}: exception {code}"
         raw = rr.bits if req.table in ("coil", "discrete") else rr.registers
+        self.decode(req, raw, values, quality)
+        return True, ""
+
+    def decode(
+        self,
+        req: Request,
+        raw: list[int] | list[bool],
+        values: list[dict[str, FieldValue]],
+        quality: list[dict[str, Quality]],
+    ) -> None:
+        """Decode one answered request into machine values (the hot path)."""
+        fields = self._fields
         for tag, off in req.tags:
-            f = self._fields[tag.field]
+            f = fields[tag.field]
             value: FieldValue = f.codec.decode(raw[off : off + tag.count])
-            if isinstance(value, float | int) and not isinstance(value, bool):
-                value = value * f.scale + f.offset if (f.scale != 1.0 or f.offset) else value
-                if isinstance(value, float) and not math.isfinite(value):
+            if type(value) is float:
+                if f.scale != 1.0 or f.offset:
+                    value = value * f.scale + f.offset
+                if value != value or value in _INFINITE:  # noqa: PLR0124 (NaN test, no call)
                     quality[f.machine][f.name] = NOT_A_NUMBER
                     value = None
+            elif type(value) is int and (f.scale != 1.0 or f.offset):
+                value = value * f.scale + f.offset
             values[f.machine][f.name] = value
-        return True, ""
 
     def _mark(
         self,
