@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
 import structlog
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusTcpServer, ModbusTlsServer
 from pymodbus.simulator.simcore import SimCore
 
 from simulators.engine import Machine, Plant
@@ -159,11 +161,7 @@ class ModbusSimServer:
         """Bind and start serving; raise :class:`ServerStartError` if the port is unavailable."""
         if self._server is not None:
             raise RuntimeError("the Modbus server is already running")
-        server = ModbusTcpServer(
-            [],  # placeholder store, replaced below by ours
-            address=(self.host, self.port),
-            trace_packet=self._trace_packet,
-        )
+        server = self._make_server()
         server.context = self._store
         if not await server.listen():
             reason = _bind_error(self.host, self.port)
@@ -178,6 +176,30 @@ class ModbusSimServer:
         log.info("modbus_server_started", host=self.host, port=self.port,
                  units=len(self._units), signals=self.signal_count,
                  word_order=self.spec.word_order)  # fmt: skip
+
+    def _make_server(self) -> ModbusTcpServer:
+        """TCP (MBAP), RTU frames over TCP, or Modbus/TCP Security, as the scenario says."""
+        spec = self.spec
+        if spec.tls is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                ctx.load_cert_chain(str(spec.tls.certificate), str(spec.tls.private_key))
+                if spec.tls.client_ca is not None:
+                    ctx.load_verify_locations(str(spec.tls.client_ca))
+                    ctx.verify_mode = ssl.CERT_REQUIRED
+            except (OSError, ssl.SSLError) as exc:
+                raise ServerStartError(
+                    f"modbus.tls: cannot load the certificate or key ({exc}); give PEM files"
+                ) from None
+            # The TLS framer carries no unit id, so comm_loss cannot silence one unit here.
+            return ModbusTlsServer([], address=(self.host, self.port), sslctx=ctx)
+        framer = FramerType.RTU if spec.transport == "rtu_over_tcp" else FramerType.SOCKET
+        return ModbusTcpServer(
+            [],  # placeholder store, replaced by ours in start()
+            framer=framer,
+            address=(self.host, self.port),
+            trace_packet=self._trace_packet,
+        )
 
     async def stop(self) -> None:
         """Close the listener and every client connection."""
@@ -209,12 +231,8 @@ class ModbusSimServer:
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         """Drop every response of an offline unit (comm_loss): the client times out."""
-        if (
-            sending
-            and self._offline
-            and len(data) > _MBAP_UNIT
-            and data[_MBAP_UNIT] in self._offline
-        ):
+        unit_at = 0 if self.spec.transport == "rtu_over_tcp" else _MBAP_UNIT
+        if sending and self._offline and len(data) > unit_at and data[unit_at] in self._offline:
             self.stats.silenced += 1
             return b""
         return data

@@ -108,8 +108,20 @@ class OpcUaSpec(_Strict):
     )
 
 
+class ModbusTlsSpec(_Strict):
+    """Modbus/TCP Security: the server's certificate chain and key (PEM)."""
+
+    certificate: Path = Field(description="server certificate (PEM)")
+    private_key: Path = Field(description="server private key (PEM)")
+    client_ca: Path | None = Field(None, description="require client certificates from this CA")
+
+
 class ModbusSpec(_Strict):
     enabled: bool = Field(True, description="serve Modbus TCP")
+    transport: Literal["tcp", "rtu_over_tcp"] = Field(
+        "tcp", description="MBAP framing (tcp) or RTU frames with CRC over TCP (rtu_over_tcp)"
+    )
+    tls: ModbusTlsSpec | None = Field(None, description="serve Modbus/TCP Security instead")
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(5020, ge=0, le=65535, description="TCP port (502 needs root; 0 picks one)")
     word_order: WordOrder = Field("ABCD", description="register order of 32-bit values")
