@@ -10,9 +10,12 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
-from typing import IO
+from pathlib import Path
+from typing import IO, Any
 
+from agent.config import AgentConfig, load_config
 from connectors import logs
+from connectors.base import ConnectorError
 from connectors.validation import ConfigErrors
 
 
@@ -46,11 +49,74 @@ def cmd_browse(args: argparse.Namespace, out: IO[str]) -> int:
 
     try:
         rows = asyncio.run(browse(args.endpoint, depth=args.depth, timeout_s=args.timeout))
+    except ConnectorError as exc:
+        raise UsageError(str(exc)) from None
     except (OSError, TimeoutError) as exc:
         raise UsageError(f"{args.endpoint}: cannot browse: {exc}") from None
+    out.write("node_id\tbrowse_path\tnode_class\tdata_type\tunit\n")
     for row in rows:
         out.write("\t".join(str(c) for c in row) + "\n")
     return 0
+
+
+def _load(args: argparse.Namespace) -> AgentConfig:
+    return load_config(args.config, data_dir=args.data_dir)
+
+
+def cmd_validate(args: argparse.Namespace, out: IO[str]) -> int:
+    cfg = _load(args)
+    out.write(
+        f"{args.config}: ok ({len(cfg.devices)} devices, "
+        f"{sum(_points(d) for d in cfg.devices)} values, {len(cfg.sinks)} sinks, "
+        f"data in {cfg.agent.data_dir})\n"
+    )
+    return 0
+
+
+def _points(device: Any) -> int:
+    return sum(len(getattr(m, "registers", None) or getattr(m, "nodes", None) or [])
+               for m in device.machines)  # fmt: skip
+
+
+def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
+    cfg = _load(args)
+    logs.configure(level=cfg.agent.log_level)
+    if args.once:
+        from agent.once import read_once  # noqa: PLC0415
+
+        lines, problems = asyncio.run(read_once(cfg, timeout_s=args.timeout))
+        out.write("".join(line + "\n" for line in lines))
+        for problem in problems:
+            sys.stderr.write(f"factory-agent: {problem}\n")
+        return 2 if problems else 0
+    from agent.runtime import Agent  # noqa: PLC0415
+
+    async def main() -> None:
+        agent = Agent(cfg, config_path=args.config)
+        agent.install_signals()
+        await agent.run()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:  # a port in use, a data dir we may not write
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
+    from agent.once import check  # noqa: PLC0415
+
+    cfg = _load(args)
+    results = asyncio.run(check(cfg, timeout_s=args.timeout))
+    width = max((len(name) for name, _, _ in results), default=0)
+    for name, ok, text in results:
+        out.write(f"{'ok  ' if ok else 'FAIL'}  {name:<{width}}  {text}\n")
+    return 0 if all(ok for _, ok, _ in results) else 2
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, required=True, help="the agent's YAML file")
+    p.add_argument("--data-dir", type=Path, help="override agent.data_dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
         "detection, store-and-forward to InfluxDB.",
     )
     sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the agent")
+    _config_args(run)
+    run.add_argument("--once", action="store_true",
+                     help="read one cycle of every device, print line protocol, exit")  # fmt: skip
+    run.add_argument("--timeout", type=float, default=10.0, help="--once: seconds per device")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check a configuration file without connecting")
+    _config_args(val)
+    val.set_defaults(func=cmd_validate)
+
+    chk = sub.add_parser("check", help="connect once to every device and sink and report")
+    _config_args(chk)
+    chk.add_argument("--timeout", type=float, default=10.0, help="seconds per device or sink")
+    chk.set_defaults(func=cmd_check)
 
     probe = sub.add_parser("probe", help="read raw Modbus registers and show every decoding")
     probe_sub = probe.add_subparsers(dest="protocol", required=True)
@@ -94,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `... | head`: the reader has all it wanted
+        sys.stderr.close()
+        return 0
     return rc
 
 
