@@ -463,16 +463,23 @@ class OpcUaConnector:
                 continue
             if not isinstance(data, ua.DataChangeNotification):
                 continue
+            fields = self._fields
+            n_fields = len(fields)
+            last_dt: datetime | None = None
+            last_ns = publish_ns
             for item in data.MonitoredItems:
-                if not 0 < item.ClientHandle <= len(self._fields):
+                if not 0 < item.ClientHandle <= n_fields:
                     continue
-                f = self._fields[item.ClientHandle - 1]
-                ts = timestamp_ns(item.Value) or publish_ns
-                values, quality = groups.setdefault((f.machine, ts), ({}, {}))
-                values[f.name], q = convert(item.Value)
+                f = fields[item.ClientHandle - 1]
+                dv = item.Value
+                dt = dv.SourceTimestamp or dv.ServerTimestamp
+                if dt is not last_dt and dt != last_dt:  # a tick's items share one timestamp
+                    last_dt, last_ns = dt, (to_ns(dt) if dt is not None else publish_ns)
+                values, quality = groups.setdefault((f.machine, last_ns), ({}, {}))
+                values[f.name], q = convert(dv)
                 if q is not None:
                     quality[f.name] = q
-                self.stats.data_changes += 1
+            self.stats.data_changes += len(data.MonitoredItems)
         for (mi, ts), (values, quality) in sorted(groups.items(), key=lambda g: g[0][1]):
             self._reading(mi, ts, values, quality)
         if groups:
