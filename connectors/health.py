@@ -42,6 +42,15 @@ class Backoff:
         # Jitter only shortens the delay, so the cap holds and clients at the cap still spread.
         return base * (1.0 - self.jitter * self.rng.random())
 
+    def after_timeout(self) -> float:
+        """The delay after an attempt that timed out: the first step, not growing.
+
+        A silent link (a 5G handover, a cut) answers nothing; each attempt has already waited
+        its timeout, so probing it again soon costs little and finds the link as soon as it is
+        back. Refusals and errors, which come at once, are what the growing delay is for.
+        """
+        return self.initial_s * (1.0 - self.jitter * self.rng.random())
+
     def reset(self) -> None:
         self._attempt = 0
 

@@ -129,6 +129,18 @@ class _Field:
     retry_at: float = 0.0
 
 
+def timed_out(exc: BaseException) -> bool:
+    """Whether a failure was a timeout (a silent link), looking through its causes."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def to_ns(ts: datetime) -> int:
     """A datetime (naive means UTC) in ns since the epoch, at its µs resolution."""
     if ts.tzinfo is None:
@@ -264,6 +276,7 @@ class OpcUaConnector:
         try:
             while True:
                 if self._client is None:
+                    silent = False
                     try:
                         await self._open()
                     except ConnectorError as exc:
@@ -271,11 +284,14 @@ class OpcUaConnector:
                         if not exc.retryable:
                             self._emit(exc)
                             return
+                        silent = timed_out(exc)
                     except Exception as exc:
                         where = self.config.endpoint
                         self.health.failed(f"cannot open a session at {where}: {describe(exc)}")
+                        silent = timed_out(exc)
                     if self._client is None:
-                        await asyncio.sleep(self.backoff.next())
+                        b = self.backoff
+                        await asyncio.sleep(b.after_timeout() if silent else b.next())
                         continue
                 poll = self.config.mode == "poll"
                 reason = await (self._poll_loop() if poll else self._watch())

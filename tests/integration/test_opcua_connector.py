@@ -32,6 +32,7 @@ from simulators.opcua_server import OpcUaSimServer
 from simulators.scenario import Scenario, load_scenario
 from simulators.sensors import BAD_SENSOR_FAILURE
 from tests.conftest import CONFIGS, free_port
+from tests.faultproxy import FaultProxy
 
 # One event loop for the module, so the two simulator servers (2 s to start each) are shared.
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -382,91 +383,49 @@ async def test_server_restart_resumes_subscription_without_publish_storm(tmp_pat
             await s.stop()
 
 
-class SilentProxy:
-    """TCP proxy on loopback that can cut silently: sockets stay open, bytes are dropped."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.cut = False
-        self.port = 0
-        self._dead: set[int] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def silence(self) -> None:
-        self.cut = True
-
-    def heal(self) -> None:
-        self.cut = False
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = id(writer)
-        if self.cut:
-            self._dead.add(conn)
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        self._writers += [writer, up_writer]
-        pipes = self._pipe(conn, reader, up_writer), self._pipe(conn, up_reader, writer)
-        await asyncio.gather(*pipes, return_exceptions=True)
-
-    async def _pipe(self, conn: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while data := await r.read(65536):
-            if self.cut:
-                self._dead.add(conn)  # once cut, this connection stays silent for good
-            if conn not in self._dead:
-                w.write(data)
-        w.close()
-
-    async def close(self) -> None:
-        for w in self._writers:
-            w.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
 async def test_silent_cut_is_detected_and_recovered_without_publish_storm(
     served: tuple[Plant, OpcUaSimServer], tmp_path: Path
 ) -> None:
+    """Issue 3: a 10 s silent cut is seen within 3 s, data is back within 5 s, no storm."""
     plant, server = served
-    proxy = SilentProxy(int(server.endpoint.rsplit(":", 1)[1].strip("/")))
-    await proxy.start()
+    proxy = await FaultProxy("127.0.0.1", int(server.endpoint.rsplit(":", 1)[1].strip("/"))).start()
     stop = asyncio.Event()
     ticker = asyncio.create_task(tick(plant, [server], stop))
     cfg = device(plant.scenario, f"opc.tcp://127.0.0.1:{proxy.port}/", tmp_path, interval_s=0.5,
-                 timeout_s=0.5, backoff_initial_s=0.2, backoff_max_s=0.5)  # fmt: skip
+                 timeout_s=1.0)  # default backoff 1 s -> 60 s  # fmt: skip
     conn = OpcUaConnector(cfg)
     try:
         await conn.connect()
         async with collecting(conn) as got:
             await got.wait(lambda: len(got.readings) > 5)
             assert publish_loops() == 1
-            proxy.silence()
+            c0, w0 = time.process_time(), time.monotonic()
+            await asyncio.sleep(2.0)  # a measurement window: CPU in normal running
+            cpu_normal = (time.process_time() - c0) / (time.monotonic() - w0)
+            proxy.cut()
+            t_cut = time.monotonic()
             await wait_for(lambda: not conn.health.connected, timeout_s=5)
+            assert time.monotonic() - t_cut <= 3.0, "cut not detected within 3 s"
             await wait_for(lambda: publish_loops() == 0, timeout_s=2)  # ended with the session
-            n0, w0 = conn.stats.publish_responses, time.monotonic()
-            await asyncio.sleep(1.0)  # while cut: nothing may answer, and nothing may spin
-            assert conn.stats.publish_responses == n0
-            proxy.heal()
-            healed_ns = plant.time_ns
+            n0 = conn.stats.publish_responses
+            await asyncio.sleep(10.0 - (time.monotonic() - t_cut))  # the rest of the 10 s cut
+            assert conn.stats.publish_responses == n0  # nothing answers, nothing spins
+            proxy.restore()
+            t_back, healed_ns = time.monotonic(), plant.time_ns
             await got.wait(lambda: any(r.time_ns > healed_ns for r in got.readings), timeout_s=10)
-            n0, w0 = conn.stats.publish_responses, time.monotonic()
+            assert time.monotonic() - t_back <= 5.0, "data did not flow within 5 s"
+            n0, c0, w0 = conn.stats.publish_responses, time.process_time(), time.monotonic()
             await asyncio.sleep(2.0)  # a measurement window
             rate = (conn.stats.publish_responses - n0) / (time.monotonic() - w0)
+            cpu_after = (time.process_time() - c0) / (time.monotonic() - w0)
             assert rate < 20, f"{rate:.0f} publish responses/s after recovery"
-            assert conn.health.reconnects == 1 and conn.stats.sessions == 2
+            assert cpu_after < 2 * cpu_normal + 0.05, (cpu_normal, cpu_after)  # back to normal
+            assert conn.health.reconnects == 1
             assert publish_loops() == 1  # the old session's loop is gone
     finally:
         stop.set()
         await ticker
-        await proxy.close()
+        await proxy.stop()
 
 
 # -- security --------------------------------------------------------------------------------

@@ -40,3 +40,25 @@ def test_snapshot_reports_rtt_median_and_p99() -> None:
     assert snap["rtt_median_s"] == 0.0505
     assert snap["rtt_p99_s"] == 0.099
     assert percentile([], 50) != percentile([], 50)  # nan for no data
+
+
+def test_a_timed_out_attempt_retries_at_the_first_step_without_growing() -> None:
+    b = Backoff(initial_s=1.0, max_s=60.0, jitter=0.2, rng=random.Random(2))
+    for _ in range(6):
+        b.next()  # refusals grew the delay to the cap
+    assert all(0.8 <= b.after_timeout() <= 1.0 for _ in range(20))
+    assert b.next() >= 48.0  # and the refusal path is unchanged
+
+
+def test_timeouts_are_found_through_exception_causes() -> None:
+    from connectors.base import ConnectorError
+    from connectors.opcua import timed_out
+
+    try:
+        try:
+            raise TimeoutError
+        except TimeoutError as inner:
+            raise ConnectorError("plc", "no answer") from inner
+    except ConnectorError as exc:
+        assert timed_out(exc)
+    assert not timed_out(ConnectorError("plc", "refused"))

@@ -1,0 +1,1 @@
+"""Northbound sinks and their contract (:mod:`agent.sinks.base`)."""
