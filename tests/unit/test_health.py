@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import structlog.testing
 
 from connectors.health import Backoff, DeviceHealth, percentile
@@ -54,11 +55,13 @@ def test_timeouts_are_found_through_exception_causes() -> None:
     from connectors.base import ConnectorError
     from connectors.opcua import timed_out
 
-    try:
+    def fail() -> None:
         try:
             raise TimeoutError
         except TimeoutError as inner:
             raise ConnectorError("plc", "no answer") from inner
-    except ConnectorError as exc:
-        assert timed_out(exc)
+
+    with pytest.raises(ConnectorError) as info:
+        fail()
+    assert timed_out(info.value)
     assert not timed_out(ConnectorError("plc", "refused"))
