@@ -81,38 +81,58 @@ def load_yaml(path: Path) -> Any:
         raise ConfigErrors(str(path), [Problem("", f"{where}YAML syntax error: {what}")]) from None
 
 
-def _walk(model: type[BaseModel], loc: Sequence[int | str]) -> tuple[Any, Any]:
-    """(sub-model, field info) that ``loc`` points at, best effort; ``None`` where unknown."""
+def _members(annotation: Any) -> list[type[BaseModel]]:
+    """Every BaseModel inside an annotation (``X``, ``list[X]``, ``A | B``, ``Annotated``...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in getattr(annotation, "__args__", ()) or getattr(annotation, "__metadata__", ()):
+        out.extend(_members(arg))
+    origin = getattr(annotation, "__origin__", None)
+    if origin is not None and not out:
+        out.extend(_members(origin))
+    return out
+
+
+def _tag_of(model: type[BaseModel]) -> str | None:
+    """The literal ``type:`` value that selects ``model`` in a discriminated union."""
+    info = model.model_fields.get("type")
+    args: tuple[Any, ...] = getattr(info.annotation, "__args__", ()) if info is not None else ()
+    return str(args[0]) if len(args) == 1 else None
+
+
+def _walk(model: type[BaseModel], loc: Sequence[int | str]) -> tuple[Any, Any, tuple[Any, ...]]:
+    """(sub-model, field info, location without union tags) that ``loc`` points at."""
     current: Any = model
     info: Any = None
-    for part in loc:
+    clean: list[int | str] = []
+    for i, part in enumerate(loc):
         if isinstance(part, int):
+            clean.append(part)
             continue
         fields = getattr(current, "model_fields", None)
-        info = fields.get(part) if fields else None
-        if info is None:
-            return None, None
-        current = _submodel(info.annotation)
-    return current, info
+        found = fields.get(part) if fields else None
+        if found is None and info is not None:
+            # pydantic puts a discriminated union's tag into the location: follow that member
+            member = next((m for m in _members(info.annotation) if _tag_of(m) == part), None)
+            if member is not None:
+                current = member
+                continue
+        if found is None:
+            return None, None, (*clean, *loc[i:])
+        info = found
+        clean.append(part)
+        members = _members(found.annotation)
+        current = members[0] if len(members) == 1 else None
+    return current, info, tuple(clean)
 
 
 def _known_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
     """Field names (and aliases) of the sub-model that ``loc`` points into."""
-    current, _ = _walk(model, loc)
+    current, _, _ = _walk(model, loc)
     if current is None or not hasattr(current, "model_fields"):
         return []
     return [info.alias or name for name, info in current.model_fields.items()]
-
-
-def _submodel(annotation: Any) -> Any:
-    """The BaseModel inside ``X``, ``list[X]``, ``X | None``, ``dict[str, X]``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _submodel(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def _short(value: Any) -> str:
@@ -144,7 +164,7 @@ def problems_from_validation(model: type[BaseModel], exc: ValidationError) -> li
     out: list[Problem] = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        path = dotted(loc)
+        path = dotted(_walk(model, loc)[2])
         kind = err["type"]
         if kind == "extra_forbidden":
             key = str(loc[-1])
@@ -162,7 +182,7 @@ def problems_from_validation(model: type[BaseModel], exc: ValidationError) -> li
         elif kind in _PLAIN:
             value = err.get("input")
             shown = "" if isinstance(value, Mapping | list) else f"{_short(value)}: "
-            _, info = _walk(model, loc)
+            _, info, _ = _walk(model, loc)
             about = getattr(info, "description", None)
             hint = f" ({loc[-1]}: {about})" if about else ""
             ctx = {
@@ -176,7 +196,7 @@ def problems_from_validation(model: type[BaseModel], exc: ValidationError) -> li
                 msg = msg[len("Value error, ") :]
             value = err.get("input")
             shown = "" if isinstance(value, Mapping | list) else f"{_short(value)}: "
-            _, info = _walk(model, loc)
+            _, info, _ = _walk(model, loc)
             about = getattr(info, "description", None)
             hint = f" ({loc[-1]}: {about})" if about and kind != "value_error" else ""
             out.append(Problem(path, f"{shown}{msg}{hint}"))
