@@ -1,0 +1,148 @@
+"""The agent's configuration: one YAML file per deployment, environment variables override.
+
+Loaded with pydantic-settings. ``FACTORY_AGENT__SPOOL__MAX_BYTES=2000000000`` overrides
+``spool.max_bytes``; list entries are addressed by position
+(``FACTORY_AGENT__SINKS__0__URL``). Secrets (InfluxDB token, OPC UA and InfluxDB passwords) are
+``SecretStr`` and come from the environment or from ``*_file`` paths; they are never logged.
+
+Every problem of a file is reported at once, each with its path, the bad value and a hint, and
+unknown keys get a "did you mean" (:mod:`connectors.validation`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from agent.sinks.influxdb import InfluxV1Config, InfluxV2Config
+from connectors.modbus import ModbusConfig
+from connectors.opcua_config import OpcUaConfig
+from connectors.validation import ConfigErrors, Problem, load_yaml, problems_from_validation
+
+DeviceConfig = Annotated[ModbusConfig | OpcUaConfig, Field(discriminator="type")]
+SinkConfig = Annotated[InfluxV2Config | InfluxV1Config, Field(discriminator="type")]
+
+#: Where the agent keeps its spool, history, journal and certificates unless told otherwise.
+#: Relative to the working directory, so ``demo``, ``run`` and ``anomalies`` started from the
+#: same place share it; the systemd unit sets ``/var/lib/factory-agent``.
+DEFAULT_DATA_DIR = Path("factory-agent-data")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(_Section):
+    name: str = Field("factory-agent", description="this agent's name (tag `agent`)")
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="spool, history, journal, pki")
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="tags added to every reading, e.g. site"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    measurement: str = Field("machine", description="InfluxDB measurement of machine readings")
+
+
+class SpoolConfig(_Section):
+    max_bytes: int = Field(
+        1_073_741_824, ge=1_000_000, description="disk budget per sink; oldest dropped beyond"
+    )
+    fsync: Literal["always", "interval", "never"] = Field(
+        "interval", description="durability against power loss (see README)"
+    )
+    fsync_interval_s: float = Field(1.0, gt=0, le=60, description="for fsync: interval")
+    newest_first: bool = Field(False, description="deliver the newest backlog first")
+    batch_points: int = Field(5000, ge=1, le=100_000, description="points per write")
+    batch_interval_s: float = Field(1.0, gt=0, le=60, description="longest wait to fill a batch")
+
+
+class HistoryConfig(_Section):
+    enabled: bool = Field(True, description="keep recent readings on disk for the review page")
+    max_bytes: int = Field(268_435_456, ge=1_000_000, description="disk budget of the history")
+    retention_h: float = Field(72.0, gt=0, description="hours of readings to keep at most")
+
+
+class HttpConfig(_Section):
+    listen: str = Field("127.0.0.1:8180", description="health, metrics and review page")
+    enabled: bool = Field(True, description="serve /healthz, /metrics and the review page")
+
+
+class MonitorConfig(_Section):
+    interval_s: float = Field(10.0, gt=0, le=3600, description="self-metrics period")
+    measurement: str = Field("agent_internal", description="measurement of self-metrics")
+
+
+class AgentConfig(BaseSettings):
+    """The whole configuration file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FACTORY_AGENT__",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        nested_model_default_partial_update=True,
+    )
+
+    agent: AgentSection = Field(default_factory=AgentSection)  # type: ignore[arg-type]
+    devices: list[DeviceConfig] = Field(default_factory=list, description="machines to read")
+    sinks: list[SinkConfig] = Field(
+        default_factory=list, description="where to forward (none: the local history only)"
+    )
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)  # type: ignore[arg-type]
+    history: HistoryConfig = Field(default_factory=HistoryConfig)  # type: ignore[arg-type]
+    http: HttpConfig = Field(default_factory=HttpConfig)  # type: ignore[arg-type]
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)  # type: ignore[arg-type]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's content arrives as init arguments; the environment overrides it.
+        return (env_settings, init_settings)
+
+    def data_path(self, *parts: str) -> Path:
+        return self.agent.data_dir.joinpath(*parts)
+
+
+def _check(cfg: AgentConfig, errors: ConfigErrors) -> None:
+    """Rules across entries: unique names, and what every device needs."""
+    for kind, items in (("devices", cfg.devices), ("sinks", cfg.sinks)):
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item.name in seen:
+                errors.add(f"{kind}[{i}].name", f"{item.name!r} is already used by "
+                           f"{kind}[{seen[item.name]}]; names must be unique")  # fmt: skip
+            seen.setdefault(item.name, i)
+    if not any(d.enabled for d in cfg.devices):
+        errors.add("devices", "no enabled device: add one (see configs/example.yaml) or "
+                   "generate them with `factory-sim print-config`")  # fmt: skip
+
+
+def load_config(path: Path | str, *, data_dir: Path | None = None) -> AgentConfig:
+    """Load, override from the environment, validate; raise :class:`ConfigErrors` with all."""
+    path = Path(path)
+    data: Any = load_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigErrors(
+            str(path), [Problem("", "the file must hold a mapping of keys to values")]
+        )
+    if data_dir is not None:
+        data = {**data, "agent": {**(data.get("agent") or {}), "data_dir": str(data_dir)}}
+    try:
+        cfg = AgentConfig(**data)
+    except ValidationError as exc:
+        raise ConfigErrors(str(path), problems_from_validation(AgentConfig, exc)) from None
+    errors = ConfigErrors(str(path))
+    _check(cfg, errors)
+    if errors.problems:
+        raise errors
+    return cfg

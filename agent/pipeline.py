@@ -1,0 +1,152 @@
+"""The pipeline: devices → analytics hook → spool per sink, never blocked by a slow sink.
+
+One task per device under a supervisor: a device that fails is restarted on its own and never
+stops the others. Readings are stamped at acquisition (the connector uses the source timestamp
+when the device gives one), pass the analytics hook, are encoded to line protocol and buffered
+in memory for at most ``flush_s`` (100 ms), then appended to every sink's spool: only then do
+they count as collected. Each sink's forwarder delivers from its own spool independently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agent.lineprotocol import Encoder
+from connectors.base import Connector, ConnectorError
+from connectors.types import Reading
+
+#: Readings in, readings out: the analytics issue fills it; until then a pass-through.
+AnalyticsHook = Callable[[Reading], Iterable[Reading]]
+
+log = structlog.get_logger(__name__)
+
+
+def passthrough(reading: Reading) -> Iterable[Reading]:
+    return (reading,)
+
+
+@dataclass
+class PipelineStats:
+    readings_in: int = 0
+    points_spooled: int = 0
+    flushes: int = 0
+    device_restarts: int = 0
+    last_flush_s: float = 0.0
+    by_device: dict[str, int] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Runs the device tasks and the flusher; the forwarders run beside it (see runtime)."""
+
+    def __init__(
+        self,
+        connectors: list[Connector],
+        spools: list[Any],
+        encoder: Encoder,
+        *,
+        tags: dict[str, str] | None = None,
+        hook: AnalyticsHook = passthrough,
+        history: Any = None,
+        flush_s: float = 0.1,
+        restart_s: float = 5.0,
+    ) -> None:
+        self.connectors = connectors
+        self.spools = spools
+        self.encoder = encoder
+        self.tags = tags or {}
+        self.hook = hook
+        self.history = history
+        self.flush_s = flush_s
+        self.restart_s = restart_s
+        self.stats = PipelineStats()
+        self._buffer: list[bytes] = []
+        self._pending: list[Reading] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    # -- acquisition ---------------------------------------------------------------------------
+    def accept(self, reading: Reading) -> None:
+        """Take one reading from a device: synchronous, so a device never waits on a sink."""
+        if self.tags:
+            for k, v in self.tags.items():
+                reading.tags.setdefault(k, v)
+        self.stats.readings_in += 1
+        for out in self.hook(reading):
+            line = self.encoder.encode(out)
+            if line is not None:
+                self._buffer.append(line)
+            self._pending.append(out)
+
+    async def _supervise(self, conn: Connector) -> None:
+        name = conn.health.device
+        while not self._stopping.is_set():
+            try:
+                await conn.connect()
+                async for reading in conn.readings():
+                    self.accept(reading)
+                    self.stats.by_device[name] = self.stats.by_device.get(name, 0) + 1
+                    if self._stopping.is_set():
+                        break
+                if self._stopping.is_set():
+                    return
+            except ConnectorError as exc:
+                # A mistake waiting will not fix is logged once per attempt, loudly.
+                log.error("device_failed", device=name, error=str(exc), retry_s=self.restart_s)
+            except Exception:  # a bug in one device must not stop the others
+                log.exception("device_crashed", device=name, retry_s=self.restart_s)
+            self.stats.device_restarts += 1
+            await conn.close()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.restart_s)
+            except TimeoutError:
+                continue
+
+    # -- spooling ------------------------------------------------------------------------------
+    def flush(self) -> int:
+        """Append the buffered lines to every spool; return the points appended."""
+        pending, self._pending = self._pending, []
+        if self.history is not None and pending:
+            self.history.add(pending)
+        if not self._buffer:
+            return 0
+        lines, self._buffer = self._buffer, []
+        payload = b"\n".join(lines)
+        t0 = time.perf_counter()
+        for spool in self.spools:
+            spool.append(payload, len(lines))
+        self.stats.last_flush_s = time.perf_counter() - t0
+        self.stats.points_spooled += len(lines)
+        self.stats.flushes += 1
+        return len(lines)
+
+    def emit(self, lines: Iterable[bytes]) -> None:
+        """Add lines the agent produces itself (self-metrics) to the next flush."""
+        self._buffer.extend(lines)
+
+    async def _flusher(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.flush_s)
+            self.flush()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._supervise(c)) for c in self.connectors]
+        self._tasks.append(asyncio.create_task(self._flusher()))
+
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop reading, close the devices, and spool everything already collected."""
+        self._stopping.set()
+        await asyncio.gather(*(c.close() for c in self.connectors), return_exceptions=True)
+        _, pending = await asyncio.wait(self._tasks, timeout=timeout_s)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self.flush()
