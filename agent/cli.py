@@ -114,6 +114,13 @@ def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
     return 0 if all(ok for _, ok, _ in results) else 2
 
 
+def cmd_example_config(args: argparse.Namespace, out: IO[str]) -> int:
+    from agent.configdoc import example_config  # noqa: PLC0415
+
+    out.write(example_config())
+    return 0
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", type=Path, required=True, help="the agent's YAML file")
     p.add_argument("--data-dir", type=Path, help="override agent.data_dir")
@@ -142,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(chk)
     chk.add_argument("--timeout", type=float, default=10.0, help="seconds per device or sink")
     chk.set_defaults(func=cmd_check)
+
+    ex = sub.add_parser("example-config", help="print every option with its default")
+    ex.set_defaults(func=cmd_example_config)
 
     probe = sub.add_parser("probe", help="read raw Modbus registers and show every decoding")
     probe_sub = probe.add_subparsers(dest="protocol", required=True)

@@ -11,6 +11,9 @@ unknown keys get a "did you mean" (:mod:`connectors.validation`).
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -104,8 +107,10 @@ class AgentConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file's content arrives as init arguments; the environment overrides it.
-        return (env_settings, init_settings)
+        # The environment is merged into the file's data by load_config (apply_environment):
+        # pydantic-settings would replace a whole list from one indexed variable
+        # (FACTORY_AGENT__SINKS__0__TOKEN dropped every other key of the sinks).
+        return (init_settings,)
 
     def data_path(self, *parts: str) -> Path:
         return self.agent.data_dir.joinpath(*parts)
@@ -125,6 +130,50 @@ def _check(cfg: AgentConfig, errors: ConfigErrors) -> None:
                    "generate them with `factory-sim print-config`")  # fmt: skip
 
 
+ENV_PREFIX = "FACTORY_AGENT__"
+
+
+def apply_environment(
+    data: dict[str, Any], environ: Mapping[str, str], errors: ConfigErrors
+) -> dict[str, Any]:
+    """Merge ``FACTORY_AGENT__A__B__0__C=value`` variables into the file's data (env wins).
+
+    Keys are lower-cased; a number addresses an existing list entry. A value starting with
+    ``[`` or ``{`` is read as JSON (a whole list or mapping); anything else stays text for the
+    validators to convert.
+    """
+    out: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    for name in sorted(k for k in environ if k.startswith(ENV_PREFIX)):
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        raw = environ[name]
+        try:
+            value: Any = json.loads(raw) if raw[:1] in ("[", "{") else raw
+        except json.JSONDecodeError as exc:
+            errors.add(name, f"not valid JSON: {exc.msg}")
+            continue
+        node: Any = out
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    errors.add(name, f"{'.'.join(parts[:i])} has {len(node)} entries; "
+                               f"{part!r} is not one of 0..{len(node) - 1}")  # fmt: skip
+                    break
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                errors.add(name, f"{'.'.join(parts[:i])} is not a section")
+                break
+    return out
+
+
 def load_config(path: Path | str, *, data_dir: Path | None = None) -> AgentConfig:
     """Load, override from the environment, validate; raise :class:`ConfigErrors` with all."""
     path = Path(path)
@@ -135,13 +184,16 @@ def load_config(path: Path | str, *, data_dir: Path | None = None) -> AgentConfi
         raise ConfigErrors(
             str(path), [Problem("", "the file must hold a mapping of keys to values")]
         )
+    errors = ConfigErrors(str(path))
+    data = apply_environment(data, os.environ, errors)
+    if errors.problems:
+        raise errors
     if data_dir is not None:
         data = {**data, "agent": {**(data.get("agent") or {}), "data_dir": str(data_dir)}}
     try:
         cfg = AgentConfig(**data)
     except ValidationError as exc:
         raise ConfigErrors(str(path), problems_from_validation(AgentConfig, exc)) from None
-    errors = ConfigErrors(str(path))
     _check(cfg, errors)
     if errors.problems:
         raise errors

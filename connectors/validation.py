@@ -179,6 +179,16 @@ def problems_from_validation(model: type[BaseModel], exc: ValidationError) -> li
             close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             out.append(Problem(path, f"{_short(value)} is not one of: {', '.join(choices)}{hint}"))
+        elif kind == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            choices = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+            tag = str(ctx.get("tag", ""))
+            close = difflib.get_close_matches(tag, choices, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            out.append(Problem(f"{path}.type" if path else "type",
+                               f"{tag!r} is not one of: {', '.join(choices)}{hint}"))  # fmt: skip
+        elif kind == "union_tag_not_found":
+            out.append(Problem(f"{path}.type" if path else "type", "required but missing"))
         elif kind in _PLAIN:
             value = err.get("input")
             shown = "" if isinstance(value, Mapping | list) else f"{_short(value)}: "
@@ -198,7 +208,8 @@ def problems_from_validation(model: type[BaseModel], exc: ValidationError) -> li
             shown = "" if isinstance(value, Mapping | list) else f"{_short(value)}: "
             _, info, _ = _walk(model, loc)
             about = getattr(info, "description", None)
-            hint = f" ({loc[-1]}: {about})" if about and kind != "value_error" else ""
+            named = isinstance(loc[-1], str) if loc else False
+            hint = f" ({loc[-1]}: {about})" if about and named and kind != "value_error" else ""
             out.append(Problem(path, f"{shown}{msg}{hint}"))
     return out
 
