@@ -15,8 +15,14 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUndefined
 
-from agent.config import AgentConfig, AgentSection, HistoryConfig, HttpConfig
-from agent.config import MonitorConfig, SpoolConfig
+from agent.config import (
+    AgentConfig,
+    AgentSection,
+    HistoryConfig,
+    HttpConfig,
+    MonitorConfig,
+    SpoolConfig,
+)
 from agent.sinks.influxdb import InfluxV1Config, InfluxV2Config
 from connectors.modbus import ModbusConfig, ModbusMachineConfig, RegisterConfig
 from connectors.opcua_config import OpcUaConfig

@@ -56,7 +56,7 @@ def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_bad_environment_value_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACTORY_AGENT__SPOOL__FSYNC", "sometimes")
-    with pytest.raises(ConfigErrors, match="spool.fsync: 'sometimes' is not one of"):
+    with pytest.raises(ConfigErrors, match=r"spool\.fsync: 'sometimes' is not one of"):
         load_config(CONFIGS / "demo.yaml")
 
 
