@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test lint typecheck unit integration system-deps bench clean help
 
 help:
-	@echo "make demo   - run the simulated demo plant (OPC UA :4840, Modbus :5020)"
+	@echo "make demo   - the simulated plant (OPC UA :4840, Modbus :5020) and the agent, live view"
 	@echo "make test   - install everything the tests need, then lint, type-check and test"
 	@echo "make bench  - run the benchmark scripts and print their figures"
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/factory-sim run configs/scenarios/demo.yaml
+	$(BIN)/factory-agent demo
 
 # Debian packages the integration tests start as real servers.
 system-deps:

@@ -114,6 +114,21 @@ def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
     return 0 if all(ok for _, ok, _ in results) else 2
 
 
+def cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
+    from agent.demo import DEMO_CONFIG, DEMO_SCENARIO, main_demo  # noqa: PLC0415
+    from simulators.modbus_server import ServerStartError  # noqa: PLC0415
+    from simulators.opcua_security import OpcUaSetupError  # noqa: PLC0415
+    from simulators.scenario import load_scenario  # noqa: PLC0415
+
+    scenario = load_scenario(args.scenario or DEMO_SCENARIO)
+    cfg = load_config(args.config or DEMO_CONFIG, data_dir=args.data_dir)
+    logs.configure(level="WARNING")  # the live view is the output
+    try:
+        return main_demo(scenario, cfg, args.duration)
+    except (ServerStartError, OpcUaSetupError, OSError) as exc:
+        raise UsageError(f"{exc} (is another demo or simulator running?)") from None
+
+
 def cmd_example_config(args: argparse.Namespace, out: IO[str]) -> int:
     from agent.configdoc import example_config  # noqa: PLC0415
 
@@ -149,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(chk)
     chk.add_argument("--timeout", type=float, default=10.0, help="seconds per device or sink")
     chk.set_defaults(func=cmd_check)
+
+    demo = sub.add_parser("demo", help="simulated plant + agent in one process, live view")
+    demo.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    demo.add_argument("-c", "--config", type=Path, help="agent config (default configs/demo.yaml)")
+    demo.add_argument("--scenario", type=Path, help="default configs/scenarios/demo.yaml")
+    demo.add_argument("--data-dir", type=Path, help="override agent.data_dir")
+    demo.set_defaults(func=cmd_demo)
 
     ex = sub.add_parser("example-config", help="print every option with its default")
     ex.set_defaults(func=cmd_example_config)

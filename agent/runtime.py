@@ -21,6 +21,7 @@ import structlog
 from agent.config import AgentConfig, load_config
 from agent.devices import build_connector
 from agent.forwarder import Forwarder
+from agent.history import History
 from agent.lineprotocol import Encoder
 from agent.monitor import Snapshot
 from agent.pipeline import AnalyticsHook, Pipeline, passthrough
@@ -81,8 +82,7 @@ class Agent:
         data_dir = cfg.agent.data_dir
         self.connectors = [build_connector(d, data_dir) for d in cfg.devices if d.enabled]
         self.sinks = [build_sink(s) for s in cfg.sinks]
-        targets = [s.name for s in self.sinks] or []
-        spools = [self._spool(name) for name in targets]
+        spools = [self._spool(s.name) for s in self.sinks]
         self.forwarders = [
             Forwarder(self._spool(s.name), s, batch_points=cfg.spool.batch_points,
                       batch_interval_s=cfg.spool.batch_interval_s,
@@ -153,6 +153,10 @@ class Agent:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
     async def run(self, on_started: Callable[[Agent], None] | None = None) -> None:
+        h = self.config.history
+        if self.history is None and h.enabled:
+            self.history = History(self.config.data_path("history.db"), max_bytes=h.max_bytes,
+                                   retention_h=h.retention_h)  # fmt: skip
         self._build()
         assert self.pipeline is not None
         if self.config.http.enabled:
@@ -186,6 +190,8 @@ class Agent:
                 await self.web.stop()
             for spool in self.spools.values():
                 spool.close()
+            if self.history is not None:
+                self.history.close()
             log.info("agent_stopped", seconds=round(time.monotonic() - t0, 2),
                      spooled={n: s.stats.points for n, s in self.spools.items()})  # fmt: skip
 
