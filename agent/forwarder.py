@@ -11,7 +11,9 @@ outcome                what the forwarder does
 =====================  ==========================================================================
 2xx                    ack: the rows leave the spool
 429, 5xx, timeout,     keep the batch; retry after a capped exponential backoff with jitter
-connection error       (``backoff_min_s`` .. ``backoff_max_s``), at least the server's Retry-After
+connection error       (``backoff_min_s`` .. ``backoff_max_s``: 0.5 .. 5 s, so a sink that comes
+                       back after a long outage is retried within 5 s), at least the server's
+                       Retry-After
 413                    split the batch in halves by lines and send each, down to one line; later
                        batches are capped at the size that went through
 400, 422               the server refuses the lines: they go to the dead-letter file (JSON lines:
@@ -80,7 +82,7 @@ class Forwarder:
         dead_letter: Path | None = None,
         dead_letter_max_bytes: int = 64 << 20,
         backoff_min_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        backoff_max_s: float = 5.0,
         config_backoff_s: float = 5.0,
         config_backoff_max_s: float = 60.0,
         retry_after_max_s: float = 600.0,

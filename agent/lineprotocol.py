@@ -26,19 +26,20 @@ NaN and ±Inf (``skipped_nonfinite``), values of other types or integers outside
 Escaping: the measurement escapes commas and spaces; tag keys, tag values and field keys escape
 commas, equals signs and spaces; string values escape double quotes and backslashes. Other
 backslashes stay literal, except one before a special character or another backslash, which is
-doubled (VictoriaMetrics and InfluxDB 3 read ``\\`` as one backslash, InfluxDB 1.x/2.x keep
-both), and trailing ones in names and tag values, which are removed: InfluxDB 1.x would read
-the separator after them as escaped. Line protocol cannot carry newlines in keys or values:
-``\n`` and ``\r`` become the two characters ``\n`` and ``\r``.
+doubled (VictoriaMetrics reads ``\\`` as one backslash, InfluxDB 1.x/2.x keep both; all
+parse the line), and trailing ones in names and tag values, which are removed: InfluxDB 1.x
+would read the separator after them as escaped. Line protocol cannot carry newlines in keys or
+values: ``\n`` and ``\r`` become the two characters ``\n`` and ``\r``.
 
 :meth:`Encoder.encode` returns one line without a trailing newline (``None`` when the point is
 not emitted); join lines with ``b"\n"`` as :meth:`Encoder.encode_many` does.
 
 Speed: the tag set and the field-name template of each machine are built once and cached; a
 reading whose values are all finite floats and all good (the common case) is one ``%``
-formatting. When ``orjson`` is installed, its float formatting (also shortest round-trip, as
-``1e16``) replaces ``float.__repr__``, several times faster per value (see
-``benchmarks/bench_pipeline.py``).
+formatting. When ``orjson`` is installed, it formats such readings instead (its floats are
+shortest round-trip too, written ``1e16``): ``float.__repr__`` of a 17-digit double is most of
+the cost, and orjson's is several times cheaper; :meth:`Encoder.encode_many` formats a whole
+batch in one call (see ``benchmarks/bench_pipeline.py``).
 
 >>> from connectors.types import Quality
 >>> enc = Encoder()
@@ -229,9 +230,44 @@ class Encoder:
         return self._encode_fields(reading, prefix[0], ts)
 
     def encode_many(self, readings: Iterable[Reading]) -> bytes:
-        """Lines joined by ``\\n`` (no trailing newline); points not emitted leave no line."""
-        encode = self.encode
-        return b"\n".join([line for r in readings if (line := encode(r)) is not None])
+        """Lines joined by ``\\n`` (no trailing newline); points not emitted leave no line.
+
+        The batch twin of :meth:`encode`, same output; with orjson, readings of plain float
+        fields are formatted by one ``dumps`` for the whole batch (~20% less CPU a reading).
+        """
+        if self._dumps is None:
+            return b"\n".join([line for r in readings if (line := self.encode(r)) is not None])
+        lines: list[bytes | None] = []
+        slots: list[tuple[int, bytes, int]] = []  # (index in lines, tag set, timestamp)
+        batch: list[dict[str, Any]] = []
+        prefixes, templates, divisor = self._prefixes, self._templates, self._divisor
+        for r in readings:  # the fast path of encode(), with the formatting left for later
+            tags, fields = r.tags, r.fields
+            prefix = prefixes.get((r.machine, *tags.keys(), *tags.values()))
+            template = templates.get(tuple(fields))
+            values = fields.values()
+            if (
+                prefix is None
+                or template is None
+                or not template[2]
+                or r.quality
+                or tuple(map(type, values)) != template[0]
+                or not _isfinite(_sum(values))
+            ):
+                lines.append(self.encode(r))  # also fills the caches for the next time
+                continue
+            ts = r.time_ns if divisor == 1 else r.time_ns // divisor
+            slots.append((len(lines), prefix[1], ts))
+            lines.append(None)
+            batch.append(fields)
+        if batch:
+            # [{"a":1.5},{"a":2.5}] -> a=1.5},{a=2.5 -> one field set per reading (plain names
+            # hold no comma, so "},{" only ever separates two readings)
+            texts = self._dump(batch)[2:-2].translate(_COLON_TO_EQUALS, b'"').split(b"},{")
+            for (i, head, ts), text in zip(slots, texts, strict=True):
+                lines[i] = b"%b%b %d" % (head, text, ts)
+            self.points += len(batch)
+        return b"\n".join([line for line in lines if line is not None])
 
     # -- the careful path: any type, quality fields, skips ------------------------------------
     def _encode_fields(self, reading: Reading, prefix: str, ts: int) -> bytes | None:

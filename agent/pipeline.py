@@ -66,7 +66,8 @@ class Pipeline:
         self.flush_s = flush_s
         self.restart_s = restart_s
         self.stats = PipelineStats()
-        self._buffer: list[bytes] = []
+        self._buffer: list[bytes] = []  # encoded parts of the next flush
+        self._emitted: list[bytes] = []  # self-metrics lines among them, one point each
         self._pending: list[Reading] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -78,11 +79,7 @@ class Pipeline:
             for k, v in self.tags.items():
                 reading.tags.setdefault(k, v)
         self.stats.readings_in += 1
-        for out in self.hook(reading):
-            line = self.encoder.encode(out)
-            if line is not None:
-                self._buffer.append(line)
-            self._pending.append(out)
+        self._pending.extend(self.hook(reading))
 
     async def _supervise(self, conn: Connector) -> None:
         name = conn.health.device
@@ -110,25 +107,37 @@ class Pipeline:
 
     # -- spooling ------------------------------------------------------------------------------
     def flush(self) -> int:
-        """Append the buffered lines to every spool; return the points appended."""
+        """Encode what was collected and append it to every spool; return the points appended."""
         pending, self._pending = self._pending, []
         if self.history is not None and pending:
             self.history.add(pending)
-        if not self._buffer:
+        parts = self._buffer
+        self._buffer = []
+        if pending:
+            before = self.encoder.points
+            encoded = self.encoder.encode_many(pending)
+            if encoded:
+                parts.append(encoded)
+            n = len(self._emitted) + self.encoder.points - before
+        else:
+            n = len(self._emitted)
+        self._emitted = []
+        if not parts:
             return 0
-        lines, self._buffer = self._buffer, []
-        payload = b"\n".join(lines)
+        payload = b"\n".join(parts)
         t0 = time.perf_counter()
         for spool in self.spools:
-            spool.append(payload, len(lines))
+            spool.append(payload, n)
         self.stats.last_flush_s = time.perf_counter() - t0
-        self.stats.points_spooled += len(lines)
+        self.stats.points_spooled += n
         self.stats.flushes += 1
-        return len(lines)
+        return n
 
     def emit(self, lines: Iterable[bytes]) -> None:
         """Add lines the agent produces itself (self-metrics) to the next flush."""
-        self._buffer.extend(lines)
+        for line in lines:
+            self._buffer.append(line)
+            self._emitted.append(line)
 
     async def _flusher(self) -> None:
         while not self._stopping.is_set():

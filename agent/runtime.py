@@ -94,7 +94,7 @@ class Agent:
             self.connectors, spools, Encoder(cfg.agent.measurement),
             tags=cfg.agent.tags, hook=self.hook, history=self.history,
         )  # fmt: skip
-        self._monitor_encoder = Encoder(cfg.monitor.measurement)
+        self._monitor_encoder = Encoder(cfg.monitor.measurement, machine_tag=None)
 
     def _start_forwarders(self) -> None:
         self._fwd_stop = asyncio.Event()

@@ -1,0 +1,438 @@
+"""The line protocol encoder: escaping, types, skips counted and logged, layout, precisions.
+
+Lines are read back with a small parser written here from the InfluxDB line protocol reference
+(backslash escapes in names and tag values, quoted strings, ``i`` integers), so the tests check
+what a server would store rather than the exact text.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+import structlog
+
+from agent import lineprotocol
+from agent.lineprotocol import Encoder, escape, quote
+from connectors.types import GOOD, FieldValue, Quality, Reading
+
+ORJSON = [False, True] if lineprotocol._ORJSON_DUMPS is not None else [False]
+T0 = 1_767_600_000_123_456_789
+
+
+# -- a reader for what we write ---------------------------------------------------------------
+def _unescape(text: str, special: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in special + "\\":
+            out.append(text[i + 1])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _split(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside backslash escapes (a backslash takes the next character)."""
+    parts, cur, i = [], [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            cur.append(text[i : i + 2])
+            i += 2
+        elif text[i] == sep:
+            parts.append("".join(cur))
+            cur, i = [], i + 1
+        else:
+            cur.append(text[i])
+            i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def _fields(text: str) -> dict[str, FieldValue]:
+    """``k=v,k2="s, with commas"``: keys end at an unescaped ``=``, strings at ``"``."""
+    fields: dict[str, FieldValue] = {}
+    i = 0
+    while i < len(text):
+        j = i
+        while text[j] != "=":
+            j += 2 if text[j] == "\\" else 1
+        key, j = text[i:j], j + 1
+        if text[j] == '"':
+            k = j + 1
+            while text[k] != '"':
+                k += 2 if text[k] == "\\" else 1
+            value, i = text[j : k + 1], k + 1
+        else:
+            k = text.find(",", j)
+            k = len(text) if k < 0 else k
+            value, i = text[j:k], k
+        assert _unescape(key, ",= ") not in fields
+        fields[_unescape(key, ",= ")] = _value(value)
+        if i < len(text):
+            assert text[i] == ","
+            i += 1
+    return fields
+
+
+def _split_v1(text: str, sep: str) -> list[str]:
+    """How InfluxDB 1.x cuts a series key: at ``sep`` not preceded by a backslash."""
+    return re.split(rf"(?<!\\){re.escape(sep)}", text)
+
+
+def _value(text: str) -> FieldValue:
+    if text.startswith('"'):
+        assert text.endswith('"') and len(text) >= 2
+        return _unescape(text[1:-1], '"')
+    if text in ("true", "false"):
+        return text == "true"
+    if re.fullmatch(r"-?\d+i", text):
+        return int(text[:-1])
+    assert re.fullmatch(r"-?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?", text), text
+    return float(text)
+
+
+def parse(line: bytes) -> tuple[str, dict[str, str], dict[str, FieldValue], int]:
+    """(measurement, tags, fields, timestamp) as InfluxDB reads one line."""
+    text = line.decode()
+    assert "\n" not in text
+    series = _split(text, " ")[0]
+    fieldset, ts = text[len(series) + 1 :].rsplit(" ", 1)
+    measurement, *tagpairs = _split(series, ",")
+    tags = {}
+    for pair in tagpairs:
+        k, v = _split(pair, "=")
+        tags[_unescape(k, ",= ")] = _unescape(v, ",= ")
+    return _unescape(measurement, ", "), tags, _fields(fieldset), int(ts)
+
+
+def reading(fields: dict[str, FieldValue], **kw: Any) -> Reading:
+    return Reading(kw.pop("machine", "cnc-01"), kw.pop("time_ns", T0), fields, **kw)
+
+
+# -- escaping ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "special", "expected"),
+    [
+        # Cases of the reference's "Special characters" section.
+        ("my,measurement", ", ", r"my\,measurement"),
+        ("my measurement", ", ", r"my\ measurement"),
+        ("my=measurement", ", ", "my=measurement"),  # = needs no escape in a measurement
+        ("tag key", ",= ", r"tag\ key"),
+        ("tag=key", ",= ", r"tag\=key"),
+        ("tag,value", ",= ", r"tag\,value"),
+        ('"quoted"', ",= ", '"quoted"'),  # quotes are literal outside string values
+        (r"my\measurement", ", ", r"my\measurement"),  # a lone backslash stays literal
+        ("C:\\", ",= ", "C:"),  # a trailing one is removed: InfluxDB 1.x reads "\\," as escaped
+        (r"a\,b", ",= ", r"a\\\,b"),
+        ("two\nlines", ",= ", r"two\nlines"),
+        ("température", ",= ", "température"),
+    ],
+)
+def test_escape(raw: str, special: str, expected: str) -> None:
+    assert escape(raw, special) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ('too "hot"', r'"too \"hot\""'),
+        ("C:\\path\\", r'"C:\\path\\"'),
+        ("plain, with = and spaces", '"plain, with = and spaces"'),
+        ("", '""'),
+    ],
+)
+def test_quote(raw: str, expected: str) -> None:
+    assert quote(raw) == expected
+
+
+def test_special_characters_in_every_position_read_back() -> None:
+    enc = Encoder("my measurement,1")
+    r = reading(
+        {"field key=1": 1.5, 'str,field "x"': 'say "hi", C:\\', "n": -7},
+        tags={"tag key": "tag,value=1", "site": "plant\\A", "empty": "\\"},
+    )
+    line = enc.encode(r)
+    assert line is not None
+    assert parse(line) == (
+        "my measurement,1",
+        {"machine": "cnc-01", "site": "plant\\A", "tag key": "tag,value=1"},
+        {"field key=1": 1.5, 'str,field "x"': 'say "hi", C:\\', "n": -7},
+        T0,
+    )
+
+
+NAME_CHARS = "ab_Z09 ,=\"\\'é%:{}.-"
+
+
+@pytest.mark.parametrize("use_orjson", ORJSON)
+def test_random_readings_round_trip(use_orjson: bool) -> None:
+    rng = random.Random(7)
+
+    def name() -> str:  # never ending with a backslash: those are removed (tested above)
+        return "".join(rng.choice(NAME_CHARS) for _ in range(rng.randint(0, 7))) + rng.choice("aé")
+
+    def value() -> FieldValue:
+        kind = rng.randrange(5)
+        if kind == 0:
+            return rng.randint(-(2**63), 2**63 - 1)
+        if kind == 1:
+            return rng.random() < 0.5
+        if kind == 2:
+            return name()
+        return rng.choice(
+            [rng.uniform(-1e6, 1e6), rng.uniform(-1, 1) * 10.0 ** rng.randint(-300, 300)]
+        )
+
+    enc = Encoder(use_orjson=use_orjson)
+    for _ in range(500):
+        all_float = rng.random() < 0.5
+        fields = {
+            name(): (rng.uniform(-1e3, 1e3) if all_float else value())
+            for _ in range(rng.randint(1, 8))
+        }
+        tags = {name(): name() for _ in range(rng.randint(0, 4))}
+        r = reading(fields, tags=tags, machine=name())
+        line = enc.encode(r)
+        assert line is not None
+        _, got_tags, got_fields, ts = parse(line)
+        assert got_fields == fields
+        assert got_tags == ({**tags, "machine": r.machine} if "machine" not in tags else tags)
+        # InfluxDB 1.x finds separators by "the previous byte is not a backslash": same cut
+        series = _split(line.decode(), " ")[0]
+        assert len(_split_v1(series, ",")) == len(got_tags) + 1
+        assert list(got_tags) == sorted(got_tags)  # InfluxDB's preferred order
+        assert ts == T0
+
+
+# -- values -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("use_orjson", ORJSON)
+@pytest.mark.parametrize(
+    "x", [0.0, -0.0, 1.5, 2.0, 0.1, 1e16, 1e-7, 5e-324, 1.7976931348623157e308, -123456.789, 1 / 3]
+)
+def test_floats_are_shortest_round_trip(x: float, use_orjson: bool) -> None:
+    line = Encoder(use_orjson=use_orjson).encode(reading({"x": x, "y": 1.0}))
+    assert line is not None
+    text = line.split(b" ")[1].split(b",")[0].decode()
+    assert text.startswith("x=")
+    got = float(text[2:])
+    assert got == x and math.copysign(1, got) == math.copysign(1, x)
+    assert len(text[2:]) <= len(repr(x))  # shortest: no 0.10000000000000001
+    assert "i" not in text  # a float, never mistaken for an integer
+
+
+def test_types() -> None:
+    enc = Encoder()
+    line = enc.encode(reading({"f": 2.0, "i": 3, "b": True, "s": "auto", "big": 2**63 - 1}))
+    assert line == (
+        b'machine,machine=cnc-01 f=2.0,i=3i,b=true,s="auto",big=9223372036854775807i '
+        + str(T0).encode()
+    )
+    # numpy scalars take the careful path and read as their Python values
+    values: dict[str, Any] = {
+        "f64": np.float64(1.25),
+        "f32": np.float32(0.5),
+        "i64": np.int64(5),
+        "nan32": np.float32("nan"),
+        "nb": np.bool_(True),  # not registered as a number: counted as invalid
+        "obj": object(),
+    }
+    with structlog.testing.capture_logs() as logs:
+        line = enc.encode(reading(values))
+    assert line is not None
+    assert parse(line)[2] == {"f64": 1.25, "f32": 0.5, "i64": 5}
+    assert (enc.skipped_invalid, enc.skipped_nonfinite) == (2, 1)
+    assert {(e["event"], e.get("type")) for e in logs} == {
+        ("nonfinite_value_skipped", None),
+        ("invalid_value_skipped", type(np.bool_(True)).__name__),
+        ("invalid_value_skipped", "object"),
+    }
+
+
+def test_fast_path_notices_a_type_change() -> None:
+    enc = Encoder()
+    first = enc.encode(reading({"a": 1.0, "b": 2.0}))
+    second = enc.encode(reading({"a": 1.0, "b": 2}))  # same names, an int this time
+    third = enc.encode(reading({"a": True, "b": 2.0}))
+    assert first is not None and second is not None and third is not None
+    assert parse(second)[2] == {"a": 1.0, "b": 2} and b"b=2i" in second
+    assert b"a=true" in third
+
+
+def test_integers_outside_int64_are_skipped_and_counted() -> None:
+    enc = Encoder()
+    with structlog.testing.capture_logs() as logs:
+        line = enc.encode(reading({"ok": 1, "huge": 2**64, "neg": -(2**63) - 1}))
+    assert line is not None
+    assert parse(line)[2] == {"ok": 1}
+    assert enc.skipped_invalid == 2
+    assert [e["event"] for e in logs] == ["invalid_value_skipped"] * 2
+    assert logs[0]["reason"] == "integer outside int64"
+
+
+# -- what cannot be written -------------------------------------------------------------------
+@pytest.mark.parametrize("use_orjson", ORJSON)
+def test_nonfinite_values_are_counted_and_logged_once_per_field_and_interval(
+    use_orjson: bool,
+) -> None:
+    enc = Encoder(log_interval_s=300, use_orjson=use_orjson)
+    with structlog.testing.capture_logs() as logs:
+        lines = [
+            enc.encode(reading({"x": v, "y": 1.0, "z": float("inf") if i % 2 else 2.0}))
+            for i, v in enumerate([float("nan"), float("inf"), float("-inf"), 1.0] * 25)
+        ]
+    assert all(line is not None for line in lines)
+    assert enc.points == 100
+    assert enc.skipped_nonfinite == 75 + 50
+    assert sorted((e["event"], e["field"]) for e in logs) == [
+        ("nonfinite_value_skipped", "x"),
+        ("nonfinite_value_skipped", "z"),
+    ]
+    assert all(e["log_level"] == "warning" and e["machine"] == "cnc-01" for e in logs)
+    for line in lines:
+        assert line is not None
+        fields = parse(line)[2]
+        assert all(isinstance(v, float) and math.isfinite(v) for v in fields.values())
+
+
+def test_nonfinite_log_repeats_after_the_interval_with_the_count() -> None:
+    enc = Encoder(log_interval_s=0.0)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            enc.encode(reading({"x": float("nan"), "y": 1.0}))
+    assert len(logs) == 3
+    assert "skipped_since_last_log" not in logs[0]
+    assert logs[1]["skipped_since_last_log"] == 1
+
+
+def test_none_is_skipped_silently_and_an_empty_point_is_counted() -> None:
+    enc = Encoder()
+    assert parse(enc.encode(reading({"a": None, "b": 1.0})) or b"")[2] == {"b": 1.0}
+    with structlog.testing.capture_logs() as logs:
+        assert enc.encode(reading({"a": None, "b": float("nan")})) is None
+        assert enc.encode(reading({})) is None
+    assert enc.skipped_empty == 2
+    assert enc.points == 1
+    assert [e["event"] for e in logs] == ["nonfinite_value_skipped", "point_skipped"]
+
+
+# -- layout -----------------------------------------------------------------------------------
+def test_quality_fields_say_why() -> None:
+    r = reading(
+        {"temp": None, "pressure": 4.2, "speed": 100.0},
+        tags={"site": "a"},
+        quality={
+            "temp": Quality.bad(0x808C0000, "BadSensorFailure"),
+            "pressure": Quality.uncertain(0x40920000, "UncertainSubNormal"),
+            "speed": GOOD,  # a good entry adds nothing
+        },
+    )
+    line = Encoder().encode(r)
+    assert line is not None
+    assert parse(line)[2] == {
+        "pressure": 4.2,
+        "speed": 100.0,
+        "temp_quality": "bad:2156658688:BadSensorFailure",
+        "pressure_quality": "uncertain:1083310080:UncertainSubNormal",
+    }
+
+
+def test_a_point_with_only_bad_values_still_carries_its_quality() -> None:
+    enc = Encoder()
+    q = Quality.bad(2, "modbus exception 2 (illegal data address)")
+    line = enc.encode(reading({"a": None, "b": None}, quality={"a": q, "b": q}))
+    assert line is not None
+    assert parse(line)[2] == {
+        "a_quality": "bad:2:modbus exception 2 (illegal data address)",
+        "b_quality": "bad:2:modbus exception 2 (illegal data address)",
+    }
+    assert enc.skipped_empty == 0
+
+
+def test_tags_sorted_empty_values_omitted_machine_added() -> None:
+    tags = {"site": "s", "line": "", "device": "plc-1", "protocol": "opcua"}
+    line = Encoder("m").encode(reading({"x": 1.0}, tags=tags, machine="press 7"))
+    assert line is not None
+    assert line.startswith(rb"m,device=plc-1,machine=press\ 7,protocol=opcua,site=s x=1.0 ")
+    line = Encoder("m", machine_tag=None).encode(reading({"x": 1.0}, tags={"agent": "a1"}))
+    assert line == b"m,agent=a1 x=1.0 " + str(T0).encode()
+    line = Encoder("m").encode(reading({"x": 1.0}, tags={"machine": "from-tags"}))
+    assert line is not None and parse(line)[1] == {"machine": "from-tags"}
+
+
+@pytest.mark.parametrize(
+    ("precision", "expected"),
+    [("ns", T0), ("us", T0 // 1_000), ("ms", T0 // 1_000_000), ("s", T0 // 1_000_000_000)],
+)
+@pytest.mark.parametrize("fields", [{"x": 1.0}, {"x": 1}])  # fast and careful paths
+def test_precisions(precision: Any, expected: int, fields: dict[str, FieldValue]) -> None:
+    line = Encoder(precision=precision).encode(reading(fields))
+    assert line is not None and parse(line)[3] == expected
+
+
+def test_encode_many_and_bad_arguments() -> None:
+    enc = Encoder()
+    rs = [reading({"x": float(i)}, time_ns=i) for i in range(3)] + [reading({"x": None})]
+    assert enc.encode_many(
+        rs
+    ) == b"machine,machine=cnc-01 x=0.0 0\nmachine,machine=cnc-01 x=1.0 1\n" + (
+        b"machine,machine=cnc-01 x=2.0 2"
+    )
+    assert enc.encode_many([]) == b""
+    for bad in ("", "#comment", "two\nlines"):
+        with pytest.raises(ValueError, match="measurement"):
+            Encoder(bad)
+    with pytest.raises(ValueError, match="precision"):
+        Encoder(precision="m")  # type: ignore[arg-type]
+
+
+def test_field_names_with_percent_and_specials_on_the_fast_path() -> None:
+    enc = Encoder()
+    line = enc.encode(reading({"load %": 12.5, "a=b": 1.0, "": 3.0}))
+    assert line is not None
+    assert parse(line)[2] == {"load %": 12.5, "a=b": 1.0}
+    assert enc.skipped_invalid == 1  # the empty name
+    line = enc.encode(reading({"load %": 12.5, "a=b": 1.0}))
+    assert line is not None and parse(line)[2] == {"load %": 12.5, "a=b": 1.0}
+
+
+def test_caches_hold_one_entry_per_machine_and_field_set() -> None:
+    enc = Encoder()
+    for i in range(50):
+        machine = f"m{i % 2}"
+        tags = {"site": "s", "machine": machine}
+        enc.encode(reading({"a": float(i), "b": 1.0}, tags=tags, machine=machine))
+    assert len(enc._prefixes) == 2
+    assert len(enc._templates) == 1
+
+
+@pytest.mark.parametrize("use_orjson", ORJSON)
+def test_encode_many_is_encode_line_by_line(use_orjson: bool) -> None:
+    rng = random.Random(3)
+    q = Quality.bad(1, "x")
+    readings = []
+    for i in range(300):
+        kind = rng.randrange(6)
+        fields: dict[str, FieldValue] = {"a": rng.uniform(-5, 5), "b{}": 1e300 * rng.random()}
+        if kind == 1:
+            fields["a"] = float("nan")
+        elif kind == 2:
+            fields["c"] = 3
+        elif kind == 3:
+            fields = {"a,b": 1.0}  # not plain: the %r template
+        elif kind == 4:
+            fields = {}
+        tags = {"machine": f"m{i % 3}", "line": "l 1"}
+        quality = {"a": q} if kind == 5 else {}
+        readings.append(reading(fields, tags=tags, quality=quality, time_ns=T0 + i))
+    one, many = Encoder(use_orjson=use_orjson), Encoder(use_orjson=use_orjson)
+    expected = b"\n".join(x for r in readings if (x := one.encode(r)) is not None)
+    assert many.encode_many(readings) == expected
+    assert many.encode_many(readings) == expected  # caches warm: the batched path
+    counters = ("points", "skipped_nonfinite", "skipped_empty", "skipped_invalid")
+    assert [getattr(many, c) for c in counters] == [2 * getattr(one, c) for c in counters]
