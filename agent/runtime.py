@@ -206,8 +206,10 @@ class Agent:
         assert self.pipeline is not None
         await self.pipeline.stop(timeout_s=1.5)
         await self._stop_forwarders(1.0)
+        stats = self.pipeline.stats
         self.config = new
         self._build()
+        self.pipeline.stats = stats  # counters continue across a reload (Prometheus counters)
         self.pipeline.start()
         self._start_forwarders()
         log.info("config_reloaded", devices=len(self.connectors), sinks=len(self.sinks))
