@@ -105,3 +105,21 @@ def test_secrets_never_appear_in_logs_metrics_or_health(
     for text in (out, err, metrics, health):
         assert SECRET not in text
     assert "sink_write_failed" in err or "central" in err  # it did log the failure, without it
+
+
+def test_check_reports_each_device_and_sink(sim_ports: tuple[int, int], tmp_path: Path) -> None:
+    dead = free_port()
+    sinks = [{"name": "nowhere", "type": "influxdb_v1", "url": f"http://127.0.0.1:{dead}",
+              "database": "factory"}]  # fmt: skip
+    cfg = agent_config(tmp_path, sim_ports, sinks=sinks)
+    out = subprocess.run([*AGENT, "check", "-c", str(cfg), "--timeout", "5",
+                          "--data-dir", str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, check=False)  # fmt: skip
+    assert out.returncode == 2  # a sink is unreachable
+    lines = out.stdout.splitlines()
+    opc = next(line for line in lines if "device demo-opcua" in line)
+    mb = next(line for line in lines if "device demo-modbus" in line)
+    sink = next(line for line in lines if "sink nowhere" in line)
+    assert opc.startswith("ok") and "3/3 machines" in opc
+    assert mb.startswith("ok") and "2/2 machines" in mb and "round trip" in mb
+    assert sink.startswith("FAIL") and f"127.0.0.1:{dead}" in sink
