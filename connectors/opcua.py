@@ -454,7 +454,9 @@ class OpcUaConnector:
                     ua.MonitoringMode.Reporting, mp))  # fmt: skip
             params = ua.CreateMonitoredItemsParameters(
                 # Source only: we never use the server's stamp, and each one costs a decode.
-                self._subscription, ua.TimestampsToReturn.Source, items
+                self._subscription,
+                ua.TimestampsToReturn.Source,
+                items,
             )
             results = await asyncio.wait_for(
                 space.session.create_monitored_items(params), self.config.timeout_s
