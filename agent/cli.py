@@ -16,11 +16,7 @@ from typing import IO, Any
 from agent.config import AgentConfig, load_config
 from connectors import logs
 from connectors.base import ConnectorError
-from connectors.validation import ConfigErrors
-
-
-class UsageError(Exception):
-    """A user's mistake: printed without a traceback, exit code 2."""
+from connectors.cli import UsageError, run_command
 
 
 def cmd_probe(args: argparse.Namespace, out: IO[str]) -> int:
@@ -198,20 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(level="WARNING")
-    try:
-        rc: int = args.func(args, sys.stdout)
-    except ConfigErrors as exc:
-        sys.stderr.write(exc.render() + "\n")
-        return 2
-    except UsageError as exc:
-        sys.stderr.write(f"factory-agent: {exc}\n")
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `... | head`: the reader has all it wanted
-        sys.stderr.close()
-        return 0
-    return rc
+    return run_command("factory-agent", lambda: int(args.func(args, sys.stdout)))
 
 
 if __name__ == "__main__":

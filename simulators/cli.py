@@ -18,8 +18,8 @@ from typing import IO, Any
 import structlog
 
 from connectors import logs
+from connectors.cli import UsageError, run_command
 from connectors.types import signal_table
-from connectors.validation import ConfigErrors
 from simulators.engine import Plant
 from simulators.modbus_server import ServerStartError
 from simulators.models import MODELS
@@ -27,10 +27,6 @@ from simulators.opcua_security import OpcUaSetupError
 from simulators.scenario import Scenario, check_scenario, load_scenario
 
 log = structlog.get_logger()
-
-
-class UsageError(Exception):
-    """A user's mistake: printed without a traceback, exit code 2."""
 
 
 def _scenario(args: argparse.Namespace) -> Scenario:
@@ -215,24 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure()
-    try:
-        rc: int = args.func(args, sys.stdout)
-    except ConfigErrors as exc:
-        sys.stderr.write(exc.render() + "\n")
-        return 2
-    except UsageError as exc:
-        sys.stderr.write(f"factory-sim: {exc}\n")
-        return 2
-    except (ServerStartError, OpcUaSetupError) as exc:
-        # A busy port, a missing password variable, an unreadable certificate: the user's fix.
-        sys.stderr.write(f"factory-sim: {exc}\n")
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `... | head`: the reader has all it wanted
-        sys.stderr.close()
-        return 0
-    return rc
+    return run_command(
+        "factory-sim", lambda: int(args.func(args, sys.stdout)), (ServerStartError, OpcUaSetupError)
+    )
 
 
 if __name__ == "__main__":
