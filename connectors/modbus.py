@@ -35,7 +35,7 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
 from connectors.base import DeviceConfig, Ticker
-from connectors.codec import Codec, RegisterType, WordOrder, register_count
+from connectors.codec import Codec, RegisterType, WordOrder
 from connectors.health import Backoff, DeviceHealth
 from connectors.planner import Request, Table, Tag, plan
 from connectors.types import FieldValue, Quality, Reading
@@ -378,8 +378,3 @@ class ModbusConnector:
             if values is not None:
                 values[f.machine][f.name] = None
             quality[f.machine][f.name] = q
-
-
-def register_span(r: RegisterConfig) -> int:
-    """Registers (or bits) a configured value occupies."""
-    return register_count(r.type, r.length)

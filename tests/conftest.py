@@ -44,11 +44,6 @@ def make_scenario(**overrides: Any) -> Scenario:
     return Scenario.model_validate(data)
 
 
-@pytest.fixture
-def scenario_factory() -> Any:
-    return make_scenario
-
-
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> Iterator[None]:
     """A CLI test configures structlog for the process; give every test the defaults back."""
