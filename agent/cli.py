@@ -132,9 +132,94 @@ def cmd_example_config(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def _analytics_section(args: argparse.Namespace) -> Any:
+    from agent.config import AnalyticsSection  # noqa: PLC0415
+
+    if getattr(args, "config", None):
+        return load_config(args.config).analytics
+    return AnalyticsSection.model_validate({})
+
+
+def _write_json(path: Path | None, data: dict[str, Any]) -> None:
+    if path is None:
+        return
+    import json  # noqa: PLC0415
+
+    try:
+        path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    except OSError as exc:
+        raise UsageError(f"--json {path}: cannot write: {exc.strerror}") from None
+
+
+def cmd_evaluate_scenario(args: argparse.Namespace, out: IO[str]) -> int:
+    from agent.evaluate import evaluate_scenario, render_scenario  # noqa: PLC0415
+    from simulators.scenario import load_scenario  # noqa: PLC0415
+
+    scenario = load_scenario(args.scenario)
+    cfg = _analytics_section(args)
+    if args.detector:
+        cfg = cfg.model_copy(update={"detector": args.detector})
+    result = evaluate_scenario(scenario, cfg)
+    out.write(render_scenario(result) + "\n")
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_evaluate_skab(args: argparse.Namespace, out: IO[str]) -> int:
+    from agent.evaluate import evaluate_skab  # noqa: PLC0415
+
+    if not args.dir.is_dir():
+        raise UsageError(f"{args.dir}: not a directory (the SKAB data, e.g. ../shared/data/skab)")
+    cfg = _analytics_section(args)
+    if args.detector:
+        cfg = cfg.model_copy(update={"detector": args.detector})
+    try:
+        text, result = evaluate_skab(args.dir, cfg)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    out.write(text + "\n")
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace, out: IO[str]) -> int:
+    from agent.retrain import parse_time, render, retrain  # noqa: PLC0415
+
+    cfg = _load(args)
+    since = parse_time(args.since, "--from") if args.since else None
+    until = parse_time(args.until, "--to") if args.until else None
+    out.write(render(retrain(cfg, args.machine, since, until)))
+    return 0
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", type=Path, required=True, help="the agent's YAML file")
     p.add_argument("--data-dir", type=Path, help="override agent.data_dir")
+
+
+def _analytics_commands(sub: Any) -> None:
+    ev = sub.add_parser("evaluate", help="measure the anomaly detection")
+    ev_sub = ev.add_subparsers(dest="what", required=True)
+    evs = ev_sub.add_parser("scenario", help="run a simulator scenario, score against its labels")
+    evs.add_argument(
+        "scenario", type=Path, help="scenario YAML, e.g. configs/scenarios/all-faults.yaml"
+    )
+    evk = ev_sub.add_parser("skab", help="the SKAB benchmark's protocol on a data directory")
+    evk.add_argument("dir", type=Path, help="SKAB data directory, e.g. ../shared/data/skab")
+    for e in (evs, evk):
+        e.add_argument("-c", "--config", type=Path, help="take the analytics section from here")
+        e.add_argument("--detector", choices=["pca-t2q", "iforest", "none"],
+                       help="override analytics.detector")  # fmt: skip
+        e.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    evs.set_defaults(func=cmd_evaluate_scenario)
+    evk.set_defaults(func=cmd_evaluate_skab)
+
+    rt = sub.add_parser("retrain", help="refit a machine's model on a window of normal running")
+    _config_args(rt)
+    rt.add_argument("--machine", required=True, help="machine name")
+    rt.add_argument("--from", dest="since", metavar="TIME", help="ISO 8601 (default: oldest)")
+    rt.add_argument("--to", dest="until", metavar="TIME", help="ISO 8601 (default: newest)")
+    rt.set_defaults(func=cmd_retrain)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--scenario", type=Path, help="default configs/scenarios/demo.yaml")
     demo.add_argument("--data-dir", type=Path, help="override agent.data_dir")
     demo.set_defaults(func=cmd_demo)
+
+    _analytics_commands(sub)
 
     ex = sub.add_parser("example-config", help="print every option with its default")
     ex.set_defaults(func=cmd_example_config)

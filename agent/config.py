@@ -77,6 +77,43 @@ class MonitorConfig(_Section):
     measurement: str = Field("agent_internal", description="measurement of self-metrics")
 
 
+class AlarmSection(_Section):
+    on_delay_s: float = Field(5.0, ge=0, description="score above the limit this long to open")
+    off_delay_s: float = Field(60.0, ge=0, description="score below clear_ratio this long to close")
+    clear_ratio: float = Field(0.8, gt=0, le=1, description="hysteresis: clears below this x limit")
+    instant_ratio: float = Field(4.0, ge=1, description="opens at once above this x limit")
+    max_per_hour: int = Field(6, ge=1, description="episodes per machine per hour, then suppressed")
+    reopen_s: float = Field(300.0, ge=0, description="same cause again within this: re-open")
+    chatter_count: int = Field(3, ge=2, description="episodes of one cause in chatter_window_s ...")
+    chatter_window_s: float = Field(600.0, gt=0, description="... that shelve that cause")
+    shelve_s: float = Field(1800.0, ge=0, description="how long a chattering cause is shelved")
+
+
+CheckName = Literal["limits", "baseline", "rate", "flatline", "gap"]
+#: The robust baseline is off by default: process signals that step with demand (a conveyor's
+#: load) raise it; the multivariate model judges those through their relations instead.
+DEFAULT_CHECKS: tuple[CheckName, ...] = ("limits", "rate", "flatline", "gap")
+
+
+class AnalyticsSection(_Section):
+    enabled: bool = Field(True, description="local anomaly detection")
+    detector: Literal["pca-t2q", "iforest", "none"] = Field(
+        "pca-t2q", description="per-machine multivariate model"
+    )
+    checks: list[CheckName] = Field(
+        default_factory=lambda: list(DEFAULT_CHECKS),
+        description="per-signal detectors",
+    )
+    step_s: float = Field(1.0, gt=0, le=3600, description="scoring step, seconds of machine time")
+    warmup_s: float = Field(1800.0, gt=0, description="machine time of normal running to learn")
+    warmup_rows: int = Field(300, ge=30, description="and at least this many steps")
+    quantile: float = Field(0.999, gt=0.5, le=1, description="limits: this quantile of training")
+    margin: float = Field(1.5, ge=1, description="limits: times this head room")
+    scores: bool = Field(True, description="write scores as measurement anomaly_score")
+    exclude: list[str] = Field(default_factory=list, description="machines not analysed")
+    alarm: AlarmSection = Field(default_factory=AlarmSection)  # type: ignore[arg-type]
+
+
 class AgentConfig(BaseSettings):
     """The whole configuration file."""
 
@@ -97,6 +134,7 @@ class AgentConfig(BaseSettings):
     history: HistoryConfig = Field(default_factory=HistoryConfig)  # type: ignore[arg-type]
     http: HttpConfig = Field(default_factory=HttpConfig)  # type: ignore[arg-type]
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)  # type: ignore[arg-type]
+    analytics: AnalyticsSection = Field(default_factory=AnalyticsSection)  # type: ignore[arg-type]
 
     @classmethod
     def settings_customise_sources(

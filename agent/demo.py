@@ -77,8 +77,38 @@ def view(agent: Agent, plant: Plant, counts: Counting, rates: dict[str, float]) 
     active = [f"{f.machine}: {f.type}" for f in plant.scenario.faults
               if f.start <= plant.elapsed_s < f.end]  # fmt: skip
     lines.append(f"  faults now       {', '.join(active) or 'none'}")
-    lines.append("  anomalies        (local anomaly detection is the next issue; not built yet)")
+    lines.extend(anomaly_lines(agent, plant))
     return "\n".join(lines)
+
+
+def anomaly_lines(agent: Agent, plant: Plant) -> list[str]:
+    """Per machine: learning or watching; then the latest episodes as they open and close."""
+    an = agent.analytics
+    if an is None:
+        return ["  anomalies        analytics disabled (analytics.enabled: false)"]
+    out = [""]
+    status = {s["machine"]: s for s in an.status()}
+    for m in plant.machines:
+        st = status.get(m.name)
+        if st is None:
+            text = "no data yet"
+        elif st["state"] == "warm-up":
+            text = f"learning normal running {st['warmup'] * 100:3.0f} %"
+        elif st["open_episode"]:
+            text = f"ANOMALY severity {st['severity']}: {st['why']}"
+        else:
+            text = f"watching (model {st['model_version']})"
+        out.append(f"  {m.name:<15}{text}"[:160])
+    events = [e for e in an.events if e.kind in ("opened", "reopened", "closed")][-6:]
+    if events:
+        out.append("")
+        out.append("  recent anomaly events (machine time):")
+    for e in events:
+        ep = e.episode
+        when = (e.time_ns - plant.start_ns) / 60e9
+        out.append(f"    {when:6.1f} min  {e.kind:<8} {ep.machine:<14} severity {ep.severity:<4} "
+                   f"{ep.explanation().sentence(1)}"[:160])  # fmt: skip
+    return out
 
 
 async def run_demo(
@@ -123,6 +153,9 @@ async def run_demo(
             await server.stop()
     out.write(f"\ndemo stopped: {sum(counts.per_machine.values())} readings collected; "
               f"data in {config.agent.data_dir}\n")  # fmt: skip
+    if agent.analytics is not None:
+        opened = sum(s["opened"] for s in agent.analytics.status())
+        out.write(f"{opened} anomaly episodes, in the journal {config.data_path('journal.db')}\n")
     return 0
 
 

@@ -18,10 +18,12 @@ from typing import Any
 
 import structlog
 
+from agent.analysis import Analytics
 from agent.config import AgentConfig, load_config
 from agent.devices import build_connector
 from agent.forwarder import Forwarder
 from agent.history import History
+from agent.journal import Journal
 from agent.lineprotocol import Encoder
 from agent.monitor import Snapshot
 from agent.pipeline import AnalyticsHook, Pipeline, passthrough
@@ -30,6 +32,7 @@ from agent.sinks.influxdb import build_sink
 from agent.spool import Spool
 from agent.web import WebServer
 from connectors.base import Connector
+from connectors.types import Reading, SignalInfo
 from connectors.validation import ConfigErrors
 
 log = structlog.get_logger(__name__)
@@ -60,6 +63,8 @@ class Agent:
         self.forwarders: list[Forwarder] = []
         self.pipeline: Pipeline | None = None
         self.web: WebServer | None = None
+        self.journal: Journal | None = None
+        self.analytics: Analytics | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._fwd_tasks: list[asyncio.Task[None]] = []
@@ -92,9 +97,48 @@ class Agent:
         ]  # fmt: skip
         self.pipeline = Pipeline(
             self.connectors, spools, Encoder(cfg.agent.measurement),
-            tags=cfg.agent.tags, hook=self.hook, history=self.history,
+            tags=cfg.agent.tags, hook=self._hook(), history=self.history,
         )  # fmt: skip
         self._monitor_encoder = Encoder(cfg.monitor.measurement, machine_tag=None)
+
+    def _signals(self, machine: str) -> dict[str, SignalInfo] | None:
+        for conn in self.connectors:
+            table = getattr(conn, "signals", None)
+            if isinstance(table, dict) and machine in table:
+                return dict(table[machine])
+        return None
+
+    def _emit(self, lines: list[bytes]) -> None:
+        if self.pipeline is not None:
+            self.pipeline.emit(lines)
+
+    def _hook(self) -> AnalyticsHook:
+        """The analytics (when enabled), then the hook given to the agent (e.g. the demo's)."""
+        cfg = self.config
+        if not cfg.analytics.enabled:
+            if self.analytics is not None:
+                self.analytics.close()
+            self.analytics = None
+            return self.hook
+        if self.analytics is None or self.analytics.cfg != cfg.analytics:
+            if self.analytics is not None:
+                self.analytics.close()
+            if self.journal is None:
+                self.journal = Journal(cfg.data_path("journal.db"))
+            self.analytics = Analytics(cfg.analytics, models_dir=cfg.data_path("models"),
+                                       journal=self.journal, emit=self._emit,
+                                       signals=self._signals)  # fmt: skip
+        else:
+            self.analytics.reload_models()
+        analytics, extra = self.analytics, self.hook
+        if extra is passthrough:
+            return analytics
+
+        def both(reading: Reading) -> tuple[Reading, ...]:
+            analytics(reading)
+            return tuple(extra(reading))
+
+        return both
 
     def _start_forwarders(self) -> None:
         self._fwd_stop = asyncio.Event()
@@ -183,6 +227,9 @@ class Agent:
             t0 = time.monotonic()
             self._stop.set()
             await self.pipeline.stop(timeout_s=1.5)
+            if self.analytics is not None:
+                self.analytics.close()
+                self.pipeline.flush()
             await self._stop_forwarders(STOP_BUDGET_S - 0.5 - (time.monotonic() - t0))
             monitor.cancel()
             await asyncio.gather(monitor, return_exceptions=True)
@@ -192,6 +239,8 @@ class Agent:
                 spool.close()
             if self.history is not None:
                 self.history.close()
+            if self.journal is not None:
+                self.journal.close()
             log.info("agent_stopped", seconds=round(time.monotonic() - t0, 2),
                      spooled={n: s.stats.points for n, s in self.spools.items()})  # fmt: skip
 

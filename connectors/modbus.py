@@ -38,7 +38,7 @@ from connectors.base import DeviceConfig, Ticker
 from connectors.codec import Codec, RegisterType, WordOrder
 from connectors.health import Backoff, DeviceHealth
 from connectors.planner import Request, Table, Tag, plan
-from connectors.types import FieldValue, Quality, Reading
+from connectors.types import FieldValue, Quality, Reading, SignalInfo
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -70,6 +70,8 @@ class RegisterConfig(_Strict):
     scale: float = Field(1.0, description="value = raw * scale + offset")
     offset: float = Field(0.0, description="value = raw * scale + offset")
     unit: str = Field("", description="engineering unit, for people and dashboards")
+    low: float | None = Field(None, description="normal range, low end (for the analytics)")
+    high: float | None = Field(None, description="normal range, high end (for the analytics)")
 
     @model_validator(mode="after")
     def _fits(self) -> RegisterConfig:
@@ -162,6 +164,13 @@ class ModbusConnector:
         self._client: Any = None
         self._closed = asyncio.Event()
         self._link_failures = 0
+        #: unit and normal range of every field, by machine (NaN where no range is given)
+        self.signals = {
+            m.name: {r.field: SignalInfo(r.field, r.unit, math.nan if r.low is None else r.low,
+                                         math.nan if r.high is None else r.high)
+                     for r in m.registers}
+            for m in config.machines
+        }  # fmt: skip
         base = config.address_base
         tags: list[Tag] = []
         self._fields: dict[str, _Field] = {}

@@ -80,7 +80,7 @@ def modbus_devices(scn: Scenario) -> list[str]:
             e = rmap.entry(s.name, "holding")
             out.append(
                 f"          - {{field: {s.name}, table: holding, address: {e.address}, "
-                f"type: {e.type}, unit: {_q(s.unit)}}}"
+                f"type: {e.type}, unit: {_q(s.unit)}, low: {s.low:g}, high: {s.high:g}}}"
             )
     return out
 
