@@ -246,6 +246,8 @@ class AlarmLogic:
         ep.end_ns = self._last_above if self._last_above is not None else t_ns
         self.current = None
         self._above_since = None
+        self._held = False
         self.stats.closed += 1
         self.episodes.append(ep)
+        del self.episodes[: -self.keep]
         return AlarmEvent("closed", t_ns, ep, "closed by the agent")

@@ -323,10 +323,15 @@ class MachineAnalyzer:
                 components[det.name] = s
                 if s > best:
                     best, best_expl = s, det.explain()
-            else:
-                det.learn_one(row, t_s=t_s)
         events = self.alarm.update(t_ns, best, best_expl)
-        if not self.alarm.active and best < 1.0:
+        clean = not self.alarm.active and best < 1.0
+        for det in self._checks:
+            if det.name != "limits":
+                if clean:
+                    det.learn_one(row, t_s=t_s)
+                else:  # keep the running state (levels, timers) current, learn nothing
+                    det.observe(row, t_s=t_s)
+        if clean:
             if self._train_from is None:
                 self._train_from = t_ns
             self._train_to = t_ns

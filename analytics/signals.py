@@ -111,6 +111,10 @@ class _PerSignal:
         raw = self._raw(self._vector(x), t_s)
         self._train.append(raw)
 
+    def observe(self, x: Row, *, t_s: float | None = None) -> None:
+        """Advance the running state without learning from ``x`` (an anomalous row)."""
+        self._raw(self._vector(x), t_s)
+
     def fit(self) -> None:
         """Set the limits from the training scores gathered so far."""
         rows = self._train[min(self.burn_in, len(self._train) // 5) :]
@@ -124,7 +128,7 @@ class _PerSignal:
         v = self._vector(x)
         raw = self._raw(v, t_s)
         self._last_x = v
-        s = np.where(np.isfinite(raw), raw / self.limit, 0.0) if self.fitted else raw * 0.0
+        s = np.where(np.isfinite(raw), raw / self.limit, 0.0) if self.fitted else np.zeros_like(raw)
         self._last_scores = s
         return s
 
