@@ -15,7 +15,6 @@ their features match the configured signals.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -100,7 +99,6 @@ class Analytics:
         self._anomalies = Encoder(ANOMALY_MEASUREMENT)
         self._out: list[bytes] = []
         self.events: list[AlarmEvent] = []  # recent, newest last (for the live view)
-        self.cpu_s = 0.0
         self.readings = 0
         self._saved: dict[str, str] = {}  # machine -> model version on disk
 
@@ -108,7 +106,6 @@ class Analytics:
     def __call__(self, reading: Reading) -> Iterable[Reading]:
         if reading.machine in self.exclude:
             return (reading,)
-        t0 = time.process_time()
         an = self.analyzers.get(reading.machine) or self._analyzer(reading)
         bad = [k for k, q in reading.quality.items() if not q.is_good] if reading.quality else ()
         for result in an.add(reading.time_ns, reading.fields, bad):
@@ -117,7 +114,6 @@ class Analytics:
         if self._out and self.emit is not None:
             self.emit(self._out)
             self._out = []
-        self.cpu_s += time.process_time() - t0
         return (reading,)
 
     def _analyzer(self, reading: Reading) -> MachineAnalyzer:
@@ -242,6 +238,3 @@ class Analytics:
                 "suppressed": an.alarm.stats.suppressed_rate + an.alarm.stats.suppressed_chatter,
             })  # fmt: skip
         return out
-
-    def cpu_us_per_reading(self) -> float:
-        return self.cpu_s / self.readings * 1e6 if self.readings else math.nan

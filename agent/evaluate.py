@@ -117,7 +117,7 @@ def evaluate_scenario(
 ) -> dict[str, Any]:
     bar = Progress(1.0, f"scenario {scenario.name}", out)
     t0 = time.process_time()
-    labels, events, hook, start_ns = run_scenario(scenario, cfg, progress=bar.update)
+    labels, events, _hook, start_ns = run_scenario(scenario, cfg, progress=bar.update)
     bar.update(1.0)
     bar.done()
     cpu = time.process_time() - t0
@@ -139,7 +139,6 @@ def evaluate_scenario(
         "episodes": len(raised),
         "suppressed": sum(1 for e in events if e.kind == "suppressed"),
         "cpu_s": cpu,
-        "analytics_cpu_us_per_reading": hook.cpu_us_per_reading(),
     })  # fmt: skip
     return result
 

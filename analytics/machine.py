@@ -280,13 +280,14 @@ class MachineAnalyzer:
         elif time_ns >= self._step_end:
             out.append(self._close_step(self._step_end))
             self._step_end = (time_ns // step + 1) * step
+        sums, counts, isfinite = self._sum, self._count, math.isfinite
         for k, v in fields.items():
-            if k in self._sum and isinstance(v, int | float) and not isinstance(v, bool):
-                fv = float(v)
-                if math.isfinite(fv):
-                    self._sum[k] += fv
-                    self._count[k] += 1
-        self._bad.update(b for b in bad if b in self._sum)
+            # float is the common case; ints count too, booleans and text do not
+            if (type(v) is float or (type(v) is int)) and k in sums and isfinite(v):
+                sums[k] += v
+                counts[k] += 1
+        if bad:
+            self._bad.update(b for b in bad if b in sums)
         return out
 
     def _row(self) -> dict[str, float]:
