@@ -156,6 +156,7 @@ def cmd_evaluate_scenario(args: argparse.Namespace, out: IO[str]) -> int:
     from simulators.scenario import load_scenario  # noqa: PLC0415
 
     scenario = load_scenario(args.scenario)
+    logs.configure(level="ERROR")  # the table is the output; episodes would flood the log
     cfg = _analytics_section(args)
     if args.detector:
         cfg = cfg.model_copy(update={"detector": args.detector})
@@ -170,6 +171,7 @@ def cmd_evaluate_skab(args: argparse.Namespace, out: IO[str]) -> int:
 
     if not args.dir.is_dir():
         raise UsageError(f"{args.dir}: not a directory (the SKAB data, e.g. ../shared/data/skab)")
+    logs.configure(level="ERROR")
     cfg = _analytics_section(args)
     if args.detector:
         cfg = cfg.model_copy(update={"detector": args.detector})
