@@ -28,7 +28,6 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 from sklearn.ensemble import IsolationForest
 
@@ -100,19 +99,28 @@ class _Multivariate:
 
     # -- preprocessing -----------------------------------------------------------------------
     def _features(self, x: Array) -> Array:
-        """Rows of raw values → rows of features (levels, then rates); advances the history."""
-        full = np.vstack([self._hist, x])
+        """Rows of raw values → rows of features (levels, then rates); advances the history.
+
+        Only the windows the new rows need are summed (the current one and, for rates, the one
+        ``rate_s`` before), by adding ``n`` shifted slices in a fixed order: a row gets the
+        same bits whether it comes alone or in a batch, and one row costs a few µs.
+        """
+        k, d, n = len(x), len(self.columns), self._n
+        full = np.concatenate([self._hist, x])
         valid = np.isfinite(full)
-        n, m = self._n, self._m
-        total = sliding_window_view(np.where(valid, full, 0.0), n, axis=0).sum(axis=-1)
-        count = sliding_window_view(valid, n, axis=0).sum(axis=-1)
+        both = np.concatenate([np.where(valid, full, 0.0), valid.astype(np.float64)], axis=1)
+        offsets = (self._m - n + 1, 0) if self._rate else (self._m - n + 1,)
+        seg = np.stack([both[o : o + k + n - 1] for o in offsets])
+        acc = seg[:, 0:k].copy()
+        for j in range(1, n):
+            acc += seg[:, j : j + k]
+        total, count = acc[..., :d], acc[..., d:]
         means = np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
-        now = means[m - n + 1 :]  # the window ending at each new row
-        out = [now[:, self._level]]
+        out = [means[0][:, self._level]]
         if self._rate:
-            before = means[m - n + 1 - self._lag : len(means) - self._lag]
-            out.append((now[:, self._rate] - before[:, self._rate]) / (self._lag * self.period_s))
-        self._hist = full[len(full) - m :]
+            rise = means[0][:, self._rate] - means[1][:, self._rate]
+            out.append(rise / (self._lag * self.period_s))
+        self._hist = full[len(full) - self._m :].copy()
         return np.hstack(out)
 
     def _feature_labels(self) -> list[tuple[str, str]]:
@@ -200,7 +208,8 @@ class _Multivariate:
         if not self.fitted:
             return np.zeros(len(x))
         f = self._features(np.where(np.isfinite(x), x, np.nan))
-        z = np.nan_to_num((f - self._center) / self._scale)  # no data: the expected value
+        z = (f - self._center) / self._scale
+        z = np.where(np.isfinite(z), z, 0.0)  # no data in the window: the expected value
         scores = self._normalise(self._raw(z))
         if len(x):
             self._last = (float(scores[-1]), f[-1], z[-1])

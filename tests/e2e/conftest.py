@@ -81,6 +81,8 @@ def agent_config(
         "sinks": [sink],
         "history": {"enabled": False},
         "http": {"listen": f"127.0.0.1:{free_port()}"},
+        # these tests count every point exactly: no anomaly_score points (tested apart)
+        "analytics": {"enabled": False},
         **sections,
     }
 
