@@ -71,9 +71,13 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     server = ModbusSimServer(plant, scn.modbus.model_copy(update={"port": 0}))
     await server.start()
     assert server.port != 0
+    # Connecting gets the time a loaded CI machine needs; the requests keep their short timeout.
     client = AsyncModbusTcpClient("127.0.0.1", port=server.port, timeout=0.3, retries=0)
-    assert await client.connect()
     try:
+        for _ in range(10):
+            if await client.connect():
+                break
+        assert client.connected, f"cannot connect to the simulator on port {server.port}"
         yield Rig(plant, server, client)
     finally:
         client.close()
