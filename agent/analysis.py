@@ -37,7 +37,6 @@ ANOMALY_MEASUREMENT = "anomaly"
 
 
 def analyzer_config(cfg: AnalyticsSection) -> AnalyzerConfig:
-    a = cfg.alarm
     return AnalyzerConfig(
         step_s=cfg.step_s,
         warmup_s=cfg.warmup_s,
@@ -46,12 +45,7 @@ def analyzer_config(cfg: AnalyticsSection) -> AnalyzerConfig:
         checks=tuple(cfg.checks),
         quantile=cfg.quantile,
         margin=cfg.margin,
-        alarm=AlarmConfig(
-            on_delay_s=a.on_delay_s, off_delay_s=a.off_delay_s, clear_ratio=a.clear_ratio,
-            instant_ratio=a.instant_ratio, max_per_hour=a.max_per_hour, reopen_s=a.reopen_s,
-            chatter_count=a.chatter_count, chatter_window_s=a.chatter_window_s,
-            shelve_s=a.shelve_s,
-        ),
+        alarm=AlarmConfig(**cfg.alarm.model_dump()),  # the same names, checked by pydantic
     )  # fmt: skip
 
 

@@ -303,25 +303,34 @@ class RateOfChange(_PerSignal):
                 f"limit {self.limit[i]:.3g}")  # fmt: skip
 
 
-class Flatline(_PerSignal):
-    """How long a signal has not changed at all, against the longest normal flat run.
+class _Duration(_PerSignal):
+    """A per-signal time (seconds) against the longest seen in training × ``margin``.
 
-    ``min_s`` is the shortest flat run ever reported (a floor for signals that never sat still
-    in training).
+    ``min_s`` floors the limit, for signals that showed no such time in training.
     """
 
-    name = "flatline"
+    default_min_s = 10.0
 
     def __init__(
         self,
         columns: Sequence[str],
         *,
         units: Mapping[str, str] | None = None,
-        min_s: float = 20.0,
+        min_s: float | None = None,
         margin: float = 3.0,
     ) -> None:
         super().__init__(columns, units=units, quantile=1.0, margin=margin)
-        self.min_s = min_s
+        self.min_s = self.default_min_s if min_s is None else min_s
+
+    def _floor(self) -> F64:
+        return np.full(len(self.columns), self.min_s)
+
+
+class Flatline(_Duration):
+    """How long a signal has not changed at all, against the longest normal flat run."""
+
+    name = "flatline"
+    default_min_s = 20.0
 
     def reset(self) -> None:
         n = len(self.columns)
@@ -337,28 +346,14 @@ class Flatline(_PerSignal):
         self._flat = np.where(np.isfinite(self._since), t - self._since, 0.0)
         return self._flat
 
-    def _floor(self) -> F64:
-        return np.full(len(self.columns), self.min_s)
-
     def _note(self, i: int) -> str:
         return f"{self.columns[i]} unchanged for {self._flat[i]:.0f} s"
 
 
-class Gaps(_PerSignal):
+class Gaps(_Duration):
     """How long a signal has had no good value, against the longest normal gap."""
 
     name = "gap"
-
-    def __init__(
-        self,
-        columns: Sequence[str],
-        *,
-        units: Mapping[str, str] | None = None,
-        min_s: float = 10.0,
-        margin: float = 3.0,
-    ) -> None:
-        super().__init__(columns, units=units, quantile=1.0, margin=margin)
-        self.min_s = min_s
 
     def reset(self) -> None:
         n = len(self.columns)
@@ -371,9 +366,6 @@ class Gaps(_PerSignal):
         self._good_at = np.where(ok | np.isnan(self._good_at), t, self._good_at)
         self._gap = t - self._good_at
         return self._gap
-
-    def _floor(self) -> F64:
-        return np.full(len(self.columns), self.min_s)
 
     def _note(self, i: int) -> str:
         return f"no good value of {self.columns[i]} for {self._gap[i]:.0f} s"
