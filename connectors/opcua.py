@@ -265,16 +265,19 @@ class OpcUaConnector:
     async def close(self) -> None:
         """Stop reading, close the session (deleting its subscription), end readings()."""
         self._closed = True
-        if self._runner is not None:
-            self._runner.cancel()
-            await asyncio.wait({self._runner})
+        runner = self._runner
+        # Python 3.11's wait_for can swallow a cancellation that arrives as its inner call ends
+        # (gh-86296): cancel until the runner is really gone; _run also stops once closed.
+        while runner is not None and not runner.done():
+            runner.cancel()
+            await asyncio.wait({runner}, timeout=1.0)
         await self._discard(graceful=True)
         self._emit(None)
 
     # -- the one owner of the connection -------------------------------------------------------
     async def _run(self) -> None:
         try:
-            while True:
+            while not self._closed:
                 if self._client is None:
                     silent = False
                     try:
