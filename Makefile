@@ -27,9 +27,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/factory-agent demo
 
-# Debian packages the integration tests start as real servers.
+# Debian packages the tests use: servers they start, and the browser of the browser tests.
 system-deps:
-	@scripts/apt-install influxdb victoria-metrics
+	@scripts/apt-install influxdb victoria-metrics chromium chromium-driver
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
