@@ -6,7 +6,11 @@ One SQLite file (WAL mode). The agent writes episodes as they open, grow and clo
 and read, or acknowledge an episode with a verdict. The state is derived, never set:
 ``open`` while ``end_ns`` is NULL, ``closed`` after, ``acknowledged`` once someone acked it
 (and it stays so when the agent later updates or closes it). Every acknowledgement is kept in
-an ``audit`` table; a second one overwrites the verdict on the episode, not the history.
+an ``audit`` table; a second one overwrites the verdict on the episode, not the history. The
+audit table is also an outbox: the running agent takes the acknowledgements not yet annotated
+(:meth:`Journal.pending_annotations`), spools them for InfluxDB, and marks them
+(:meth:`Journal.mark_annotated`), so an ack given from the CLI while the agent is stopped
+reaches InfluxDB when it next runs.
 
 Verdicts feed training: episodes acked as false alarms are normal running
 (:meth:`Journal.false_alarm_windows`); every other episode is a window a model must never be
@@ -86,6 +90,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX audit_by_episode ON audit (episode_id, id)",
     ),
+    (  # 2: the annotation outbox: acknowledgements the agent has not yet spooled for InfluxDB
+        "ALTER TABLE audit ADD COLUMN annotated INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX audit_pending ON audit (annotated, id)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -118,6 +126,35 @@ class StoredEpisode:
     @property
     def id(self) -> str:
         return self.episode.id
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    """An acknowledgement on its way to InfluxDB (measurement ``anomaly_annotation``)."""
+
+    audit_id: int
+    episode_id: str
+    time_ns: int
+    who: str
+    action: str
+    verdict: str | None
+    note: str
+    machine: str
+    tags: dict[str, str]
+    episode_start_ns: int
+    episode_end_ns: int | None
+
+    def text(self) -> str:
+        """One sentence for a dashboard annotation.
+
+        >>> Annotation(1, "m-1", 5, "ana", "acknowledge", "false-alarm", "belt cleaning", "m",
+        ...            {}, 1, None).text()
+        'False alarm (ana): belt cleaning'
+        """
+        what = {"confirmed": "Confirmed fault", "false-alarm": "False alarm"}.get(
+            self.verdict or "", self.action.capitalize()
+        )
+        return f"{what} ({self.who}): {self.note}" if self.note else f"{what} ({self.who})"
 
 
 class Journal:
@@ -271,6 +308,38 @@ class Journal:
         else:
             rows = self._db.execute(f"{sql} WHERE episode_id = ? ORDER BY id", (episode_id,))
         return [dict(row) for row in rows]
+
+    def pending_annotations(self, limit: int = 500) -> builtins.list[Annotation]:
+        """Acknowledgements not yet handed to the agent's spool, oldest first (the outbox)."""
+        rows = self._db.execute(
+            "SELECT a.id, a.episode_id, a.time_ns, a.who, a.action, a.verdict, a.note,"
+            " e.machine, e.tags, e.start_ns, e.end_ns FROM audit a"
+            " JOIN episodes e ON e.id = a.episode_id WHERE a.annotated = 0 ORDER BY a.id LIMIT ?",
+            (limit,),
+        )
+        return [
+            Annotation(
+                audit_id=row["id"],
+                episode_id=row["episode_id"],
+                time_ns=row["time_ns"],
+                who=row["who"],
+                action=row["action"],
+                verdict=row["verdict"],
+                note=row["note"],
+                machine=row["machine"],
+                tags=json.loads(row["tags"]),
+                episode_start_ns=row["start_ns"],
+                episode_end_ns=row["end_ns"],
+            )
+            for row in rows
+        ]
+
+    def mark_annotated(self, audit_ids: builtins.list[int]) -> None:
+        """Take these acknowledgements out of the outbox (they are in the spool now)."""
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE audit SET annotated = 1 WHERE id = ?", [(i,) for i in audit_ids]
+            )
 
     def false_alarm_windows(self, machine: str) -> builtins.list[tuple[int, int]]:
         """(start_ns, end_ns) of the closed episodes acked as false alarms: normal running."""

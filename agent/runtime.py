@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from agent.analysis import Analytics
+from agent.annotations import ANNOTATION_MEASUREMENT, forward_annotations
 from agent.config import AgentConfig, load_config
 from agent.devices import build_connector
 from agent.forwarder import Forwarder
@@ -38,6 +39,7 @@ from connectors.validation import ConfigErrors
 log = structlog.get_logger(__name__)
 
 STOP_BUDGET_S = 5.0
+ANNOTATION_INTERVAL_S = 2.0  # how often acknowledgements are taken from the journal's outbox
 LOCAL = "local"  # the spool name when no sink is configured: data stays on disk, counted
 
 
@@ -100,6 +102,7 @@ class Agent:
             tags=cfg.agent.tags, hook=self._hook(), history=self.history,
         )  # fmt: skip
         self._monitor_encoder = Encoder(cfg.monitor.measurement, machine_tag=None)
+        self._annotation_encoder = Encoder(ANNOTATION_MEASUREMENT)
 
     def _signals(self, machine: str) -> dict[str, SignalInfo] | None:
         for conn in self.connectors:
@@ -183,6 +186,36 @@ class Agent:
                 lines = [self._monitor_encoder.encode(r) for r in snap.readings()]
                 self.pipeline.emit(line for line in lines if line is not None)
 
+    def _forward_annotations(self) -> int:
+        """Acknowledgements from the journal's outbox into the spools (when there is a sink)."""
+        if self.pipeline is None or not self.sinks:
+            return 0  # no InfluxDB: they wait in the outbox for one to be configured
+        if self.journal is None:
+            path = self.config.data_path("journal.db")
+            if not path.exists():
+                return 0
+            self.journal = Journal(path)  # analytics off, but acks are given to older episodes
+
+        def spool(lines: list[bytes]) -> None:
+            assert self.pipeline is not None
+            self.pipeline.emit(lines)
+            self.pipeline.flush()
+
+        try:
+            n = forward_annotations(self.journal, spool, self._annotation_encoder)
+        except Exception as exc:  # a busy or damaged journal must not stop the agent
+            log.error("annotations_failed", error=str(exc))
+            return 0
+        if n:
+            log.info("annotations_spooled", count=n)
+        return n
+
+    async def _annotations(self) -> None:
+        while not self._stop.is_set():
+            self._forward_annotations()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), ANNOTATION_INTERVAL_S)
+
     # -- lifecycle -----------------------------------------------------------------------------
     def request_stop(self) -> None:
         self._stop.set()
@@ -209,6 +242,7 @@ class Agent:
         self.pipeline.start()
         self._start_forwarders()
         monitor = asyncio.create_task(self._monitor())
+        annotations = asyncio.create_task(self._annotations())
         log.info("agent_started", devices=len(self.connectors), sinks=len(self.sinks),
                  data_dir=str(self.config.agent.data_dir))  # fmt: skip
         if on_started is not None:
@@ -230,6 +264,9 @@ class Agent:
             if self.analytics is not None:
                 self.analytics.close()
                 self.pipeline.flush()
+            annotations.cancel()
+            await asyncio.gather(annotations, return_exceptions=True)
+            self._forward_annotations()  # an ack given just before the stop
             await self._stop_forwarders(STOP_BUDGET_S - 0.5 - (time.monotonic() - t0))
             monitor.cancel()
             await asyncio.gather(monitor, return_exceptions=True)

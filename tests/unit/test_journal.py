@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import SCHEMA_VERSION, Journal, StoredEpisode, export_row, iso_utc
+from agent.journal import _MIGRATIONS, SCHEMA_VERSION, Journal, StoredEpisode, export_row, iso_utc
 from analytics.types import Contribution, Episode
 
 SECOND = 10**9
@@ -265,3 +265,56 @@ def test_export_rows(journal: Journal) -> None:
 def test_iso_utc() -> None:
     assert iso_utc(T0 + 999_999_999) == "2026-01-05T06:00:00.999Z"
     assert iso_utc(0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_acknowledgements_wait_in_the_outbox_until_marked(journal: Journal) -> None:
+    a, b = episode("a", 0, 60), episode("b", 10, line="")
+    journal.record(a)
+    journal.record(b)
+    assert journal.pending_annotations() == []
+    journal.acknowledge(a.id, by="ana", verdict="false-alarm", note="belt cleaning", now_ns=T0 + 7)
+    journal.acknowledge(b.id, by="bo", verdict="confirmed", now_ns=T0 + 8)
+    journal.acknowledge(a.id, by="cy", verdict="confirmed", note="no: bearing", now_ns=T0 + 9)
+    pending = journal.pending_annotations()
+    assert [(p.episode_id, p.who, p.verdict, p.time_ns) for p in pending] == [
+        (a.id, "ana", "false-alarm", T0 + 7),
+        (b.id, "bo", "confirmed", T0 + 8),
+        (a.id, "cy", "confirmed", T0 + 9),
+    ]  # every acknowledgement, not only the last verdict, oldest first
+    first = pending[0]
+    assert (first.machine, first.tags, first.episode_start_ns, first.episode_end_ns) == (
+        "a", {"line": "line-1"}, T0, T0 + 60 * SECOND,
+    )  # fmt: skip
+    assert first.text() == "False alarm (ana): belt cleaning"
+    assert pending[1].text() == "Confirmed fault (bo)" and pending[1].episode_end_ns is None
+    journal.mark_annotated([p.audit_id for p in pending[:2]])
+    assert [p.who for p in journal.pending_annotations()] == ["cy"]
+    assert journal.pending_annotations(limit=0) == []
+    assert len(journal.audit()) == 3  # the audit itself is untouched
+
+
+def test_a_version_1_journal_is_migrated_and_its_acks_become_pending(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for statement in _MIGRATIONS[0]:  # the schema as version 1 shipped it
+        db.execute(statement)
+    db.execute("PRAGMA user_version=1")
+    e = episode("old", 0, 30)
+    db.execute(
+        "INSERT INTO episodes (id, machine, start_ns, end_ns, peak_score, peak_ns, severity,"
+        " detector, model_version, acked_by, acked_ns, verdict) VALUES"
+        " (?, 'old', ?, ?, 2.0, ?, 200, 'pca', 'v1', 'ana', ?, 'confirmed')",
+        (e.id, e.start_ns, e.end_ns, e.start_ns, T0 + 99),
+    )
+    db.execute(
+        "INSERT INTO audit (episode_id, time_ns, who, action, verdict) VALUES"
+        " (?, ?, 'ana', 'acknowledge', 'confirmed')",
+        (e.id, T0 + 99),
+    )
+    db.close()
+    with Journal(path) as j:
+        assert [p.episode_id for p in j.pending_annotations()] == [e.id]
+        assert got(j, e.id).state == "acknowledged"
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    db.close()
