@@ -224,6 +224,44 @@ def _analytics_commands(sub: Any) -> None:
     rt.set_defaults(func=cmd_retrain)
 
 
+def cmd_anomalies(args: argparse.Namespace, out: IO[str]) -> int:
+    from agent.anomalies import run  # noqa: PLC0415
+
+    return run(args, out)
+
+
+def _anomalies_commands(sub: Any) -> None:
+    an = sub.add_parser("anomalies", help="review anomaly episodes: list, show, ack, export")
+    an_sub = an.add_subparsers(dest="action", required=True, metavar="{list,show,ack,export}")
+    ls = an_sub.add_parser("list", help="episodes, newest first, as a table (or --json)")
+    show = an_sub.add_parser("show", help="one episode: every field, why, verdict, audit trail")
+    show.add_argument("id", help="episode id, as `list` prints it")
+    show.add_argument("--plot", type=Path, metavar="FILE", help="also draw its signals (.png/.svg)")
+    ack = an_sub.add_parser("ack", help="acknowledge an episode with a verdict")
+    ack.add_argument("id", help="episode id, as `list` prints it")
+    ack.add_argument("--by", metavar="NAME", help="who judged it (required)")
+    ack.add_argument("--verdict", metavar="VERDICT", help="confirmed or false-alarm (required)")
+    ack.add_argument("--note", metavar="TEXT", default="", help="what was found or done")
+    ex = an_sub.add_parser("export", help="every episode (or the filtered ones) as CSV or JSON")
+    ex.add_argument("--format", default="csv", metavar="csv|json", help="default csv")
+    ex.add_argument("--output", type=Path, metavar="FILE", help="default: standard output")
+    for p in (ls, ex):
+        p.add_argument("--since", metavar="TIME", help="ISO 8601 (UTC unless +hh:mm) or age: 2h")
+        p.add_argument("--until", metavar="TIME", help="same forms as --since")
+        p.add_argument("--machine", help="machine name")
+        p.add_argument("--line", help="line tag")
+        p.add_argument("--severity", metavar="N", help="minimum severity, 1..1000")
+        p.add_argument("--state", metavar="STATE", help="open, closed or acknowledged")
+    ls.add_argument("--limit", default="50", metavar="N", help="at most N episodes (default 50)")
+    ls.add_argument("--json", action="store_true", help="JSON rows instead of the table")
+    for p in (ls, show, ack, ex):
+        p.add_argument("-c", "--config", type=Path, metavar="FILE",
+                       help="the agent's YAML (for its data_dir and sinks)")  # fmt: skip
+        p.add_argument("--data-dir", type=Path, metavar="DIR",
+                       help="default: the config's, or ./factory-agent-data")  # fmt: skip
+        p.set_defaults(func=cmd_anomalies)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="factory-agent",
@@ -256,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     _analytics_commands(sub)
+    _anomalies_commands(sub)
 
     ex = sub.add_parser("example-config", help="print every option with its default")
     ex.set_defaults(func=cmd_example_config)
