@@ -100,10 +100,18 @@ class Analytics:
     def __call__(self, reading: Reading) -> Iterable[Reading]:
         if reading.machine in self.exclude:
             return (reading,)
-        an = self.analyzers.get(reading.machine) or self._analyzer(reading)
-        bad = [k for k, q in reading.quality.items() if not q.is_good] if reading.quality else ()
-        for result in an.add(reading.time_ns, reading.fields, bad):
-            self._handle(an, result, reading.tags)
+        try:
+            an = self.analyzers.get(reading.machine) or self._analyzer(reading)
+            bad = (
+                [k for k, q in reading.quality.items() if not q.is_good] if reading.quality else ()
+            )
+            for result in an.add(reading.time_ns, reading.fields, bad):
+                self._handle(an, result, reading.tags)
+        except Exception as exc:  # a bug in the analytics must never stop acquisition
+            self.exclude.add(reading.machine)
+            log.exception("analytics_failed", machine=reading.machine, error=str(exc),
+                          hint="its readings still flow; it is left out of the analytics "
+                               "until the agent restarts")  # fmt: skip
         self.readings += 1
         if self._out and self.emit is not None:
             self.emit(self._out)
@@ -157,6 +165,8 @@ class Analytics:
             self._event(ev)
         if an.model is not None and self._saved.get(an.machine) != an.model.version:
             self._saved[an.machine] = an.model.version
+            if an.note:
+                log.warning("model_incomplete", machine=an.machine, note=an.note)
             self._save(an.model)
 
     def _save(self, model: Model) -> None:

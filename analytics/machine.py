@@ -74,6 +74,9 @@ class AnalyzerConfig:
     margin: float = 1.5
     seed: int = 0
     alarm: AlarmConfig = field(default_factory=AlarmConfig)
+    #: after the warm-up, keep learning: refit the multivariate model each time the normal
+    #: running seen doubles, up to this many times the warm-up's rows (1: never)
+    relearn_factor: int = 1
 
 
 @dataclass
@@ -161,6 +164,9 @@ class MachineAnalyzer:
         self.model: Model | None = None
         self._checks: list[Any] = []
         self._train_rows: list[list[float]] = []
+        self._normal: list[list[float]] = []  # normal rows since the model (relearning)
+        self._relearn_at = self._relearn_cap = 0
+        self.note = ""  # why the model lacks something (e.g. a signal with no values)
         self._train_from: int | None = None
         self._train_to = 0
         self._step_end: int | None = None
@@ -191,23 +197,46 @@ class MachineAnalyzer:
         }
         return [made[name]() for name in c.checks]
 
-    def _new_multivariate(self) -> Any:
+    def _new_multivariate(self, columns: Sequence[str]) -> Any:
         kind = self.config.multivariate
         if kind == "none":
             return None
         from analytics import multivariate  # noqa: PLC0415 (scikit-learn is slow to import)
 
-        units = {k: m.unit for k, m in self.signals.items()}
+        units = {k: self.signals[k].unit for k in columns}
         # Temperatures wander with ambient and load over hours: a warm-up cannot have seen
         # them all, so they are modelled through their rate of change.
-        drifting = [k for k, m in self.signals.items() if m.unit in TEMPERATURE_UNITS]
+        drifting = [k for k in columns if self.signals[k].unit in TEMPERATURE_UNITS]
         if kind == "iforest":
             return multivariate.IsolationForestDetector(
-                self.columns, units=units, drifting=drifting, seed=self.config.seed
+                columns, units=units, drifting=drifting, seed=self.config.seed
             )
-        return multivariate.PcaT2Q(
-            self.columns, units=units, drifting=drifting, seed=self.config.seed
-        )
+        return multivariate.PcaT2Q(columns, units=units, drifting=drifting, seed=self.config.seed)
+
+    def _fit_multivariate(self, data: Any) -> Any:
+        """The multivariate model fitted on ``data``, or ``None`` when it cannot be (said in
+        :attr:`note`): a signal with no value in most training rows (a dead sensor; the gap
+        check reports it) is left out of it, and too few complete rows leave the machine to
+        the per-signal checks rather than stop its analysis."""
+        self.note = ""
+        if self.config.multivariate == "none" or len(data) == 0:
+            return None
+        present = np.isfinite(data).mean(axis=0) >= 0.5
+        columns = [c for c, ok in zip(self.columns, present, strict=True) if ok]
+        missing = [c for c, ok in zip(self.columns, present, strict=True) if not ok]
+        if missing:
+            self.note = f"left out of the {self.config.multivariate} model (no values): "
+            self.note += ", ".join(missing)
+        if len(columns) < 2:
+            self.note = f"no {self.config.multivariate} model: fewer than 2 signals with values"
+            return None
+        mv = self._new_multivariate(columns)
+        try:
+            mv.fit(data[:, present])
+        except ValueError as exc:  # e.g. too few complete rows for the rate windows
+            self.note = f"no {self.config.multivariate} model: {exc}"
+            return None
+        return mv
 
     def use(self, model: Model) -> None:
         """Score with ``model`` from now on (loaded, or retrained elsewhere)."""
@@ -242,9 +271,8 @@ class MachineAnalyzer:
         detectors = list(self._checks)
         for det in detectors:
             det.fit()
-        mv = self._new_multivariate()
-        if mv is not None and len(data):
-            mv.fit(data)
+        mv = self._fit_multivariate(data.reshape(-1, len(self.columns)))
+        if mv is not None:
             detectors.append(mv)
         settings = {k: v for k, v in asdict(self.config).items() if k != "alarm"}
         digest = hashlib.sha256(pickle.dumps([self.columns, len(data), settings])).hexdigest()
@@ -261,9 +289,41 @@ class MachineAnalyzer:
             created_ns=now,
             settings=settings,
         )
+        self._normal = [list(r) for r in data] if rows is None else []
+        self._relearn_at = 2 * len(data)
+        self._relearn_cap = self.config.relearn_factor * len(data)
         self._train_rows = []
         self.use(model)
         return model
+
+    def _relearn(self, row: dict[str, float], t_ns: int) -> None:
+        """Keep a normal row; refit the multivariate model when the normal running doubled."""
+        c, model = self.config, self.model
+        if model is None or c.relearn_factor <= 1 or self._relearn_at == 0:
+            return
+        if self._relearn_at > self._relearn_cap:
+            return
+        self._normal.append([row[k] for k in self.columns])
+        if len(self._normal) < self._relearn_at:
+            return
+        data = np.array(self._normal, dtype=float)
+        mv = self._fit_multivariate(data)
+        if mv is None:
+            self._relearn_at = 0
+            return
+        detectors = [d for d in model.detectors if d.name in ALL_CHECKS] + [mv]
+        digest = hashlib.sha256(pickle.dumps([self.columns, len(data), model.version])).hexdigest()
+        now = time.time_ns()
+        created = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now / NS))
+        self.model = Model(
+            machine=self.machine, columns=self.columns, detectors=detectors,
+            version=f"{c.multivariate}-{created}-{digest[:6]}",
+            trained_from_ns=model.trained_from_ns, trained_to_ns=t_ns, rows=len(data),
+            created_ns=now, settings=model.settings,
+        )  # fmt: skip
+        self._checks = list(detectors)
+        self.alarm.model_version = self.model.version
+        self._relearn_at = 2 * len(data)
 
     # -- steps ---------------------------------------------------------------------------------
     def add(
@@ -355,6 +415,8 @@ class MachineAnalyzer:
         expl = best_det.explain() if best_det is not None else Explanation("none", 0.0)
         best = max(best, 0.0)
         events = self.alarm.update(t_ns, best, expl)
+        if best < 1.0 and not self.alarm.active:
+            self._relearn(row, t_ns)
         return StepResult(t_ns, best, components, expl, events)
 
     def flush(self) -> list[StepResult]:

@@ -25,13 +25,15 @@ import hashlib
 import math
 from collections.abc import Collection, Mapping, Sequence
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.ensemble import IsolationForest
 
 from analytics.types import Contribution, Explanation
+
+if TYPE_CHECKING:  # scikit-learn (and SciPy) cost ~85 MB of RSS: loaded only for the forest
+    from sklearn.ensemble import IsolationForest
 
 Array = NDArray[np.float64]
 
@@ -332,7 +334,30 @@ class PcaT2Q(_Multivariate):
         return np.asarray(np.max(raw / self._lim, axis=1), dtype=np.float64)
 
     def _expected(self, z: Array) -> Array:
+        """The reconstruction from the features that still agree with the model.
+
+        A plain projection lets one wild feature drag every other feature's expected value
+        (a belt slipping 130 σ made the belt load "expected" at three times its range). So the
+        scores are fitted by least squares on the features kept, and while those are beyond the
+        Q limit, the feature whose absence leaves the smallest residual is left out, one at a
+        time (reconstruction-based, after Alcala & Qin 2009: the largest residual of a plain
+        projection often points at the wrong feature); then pulled inside the T² limit.
+        """
+        k = self._p.shape[1]
+        keep = np.ones(len(z), dtype=bool)
         t = z @ self._p
+        while float(((z - t @ self._p.T)[keep] ** 2).sum()) > self._lim[1] and keep.sum() > k:
+            best: tuple[float, int, Array] | None = None
+            for j in np.flatnonzero(keep):  # leave out the feature whose absence fits best
+                rest = keep.copy()
+                rest[j] = False
+                tj = np.asarray(np.linalg.lstsq(self._p[rest], z[rest], rcond=None)[0], np.float64)
+                q = float(((z - tj @ self._p.T)[rest] ** 2).sum())
+                if best is None or q < best[0]:
+                    best = (q, int(j), tj)
+            assert best is not None
+            keep[best[1]] = False
+            t = best[2]
         t2 = float((t**2 / self._lam).sum())
         if t2 > self._lim[0]:
             t = t * math.sqrt(self._lim[0] / t2)
@@ -382,6 +407,8 @@ class IsolationForestDetector(_Multivariate):
         self._lim = np.array([0.0, 1.0, 1.0])  # forest median, forest limit, guard limit
 
     def _fit_model(self, z: Array, fold: int = -1) -> None:
+        from sklearn.ensemble import IsolationForest  # noqa: PLC0415 (see the imports)
+
         self._forest = IsolationForest(
             n_estimators=self.n_estimators, random_state=self.seed * 1000 + fold + 1
         ).fit(z)

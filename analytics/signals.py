@@ -57,7 +57,10 @@ def _limits(train: F64, quantile: float, margin: float, floor: F64) -> F64:
     """Per-column limit: the training scores' quantile × margin, never below ``floor``."""
     if train.shape[0] == 0:
         return np.maximum(floor, 1e-12)
-    q = np.nanquantile(np.where(np.isfinite(train), train, np.nan), quantile, axis=0)
+    finite = np.isfinite(train)
+    seen = finite.any(axis=0)  # a signal with no value in training (nanquantile would warn)
+    q = np.zeros(train.shape[1])
+    q[seen] = np.nanquantile(np.where(finite, train, np.nan)[:, seen], quantile, axis=0)
     q = np.where(np.isfinite(q), q, 0.0)
     return np.maximum(q * margin, np.maximum(floor, 1e-12))
 
@@ -229,8 +232,11 @@ class RobustBaseline(_PerSignal):
         # A signal that sits still (a stuck sensor) must not make the scale collapse to 0 and
         # every later wiggle look enormous: the scale never drops below a quarter of normal.
         if self._scales:
-            self.scale_floor = 0.25 * np.nanmedian(np.array(self._scales), axis=0)
-            self.scale_floor = np.where(np.isfinite(self.scale_floor), self.scale_floor, 0.0)
+            scales = np.array(self._scales)
+            seen = np.isfinite(scales).any(axis=0)  # nanmedian warns on a never-seen signal
+            median = np.zeros(len(self.columns))
+            median[seen] = np.nanmedian(scales[:, seen], axis=0)
+            self.scale_floor = 0.25 * median
         self._scales = []
         super().fit()
 

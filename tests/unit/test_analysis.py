@@ -299,3 +299,52 @@ def test_excluded_machines_are_not_analysed(tmp_path: Path, journal: Journal) ->
     rig.feed(0, 3)  # the other machine is analysed
     assert list(rig.hook.analyzers) == [MACHINE]
     assert len(rig.lines) == 2
+
+
+def test_a_sensor_dead_through_the_warmup_is_left_out_of_the_model(
+    tmp_path: Path, journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the Grafana test: the PCA fit raised on a column with no value, and the
+    exception stopped the device's readings. Now the model leaves the signal out and says so."""
+    signals = {**SIGNALS, "flow": SignalInfo("flow", "m³/h", 0.0, 100.0)}
+    rig = Rig(tmp_path, journal, detector="pca-t2q", warmup_s=200, warmup_rows=200)
+    rig.hook.signals = lambda machine: signals
+
+    def dead_flow(t: int) -> Reading:
+        return Reading(MACHINE, T0 + t * S, {**wave(t), "flow": None}, dict(TAGS),
+                       {"flow": Quality.bad(0x808B0000, "BadSensorFailure")})  # fmt: skip
+
+    rig.feed(0, 400, dead_flow)
+    an = rig.hook.analyzers[MACHINE]
+    assert an.model is not None
+    mv = an.model.detectors[-1]
+    assert mv.name == "pca-t2q" and mv.columns == ("pressure", "temp")
+    assert "left out of the pca-t2q model (no values): flow" in an.note
+    assert rig.scores()[-1][1].get("pca_t2q") is not None  # it scores
+
+
+def test_too_short_a_warmup_for_the_model_leaves_the_per_signal_checks(
+    tmp_path: Path, journal: Journal
+) -> None:
+    # 40 rows cannot fill a 60 s temperature-rate window and then train: no model, no crash
+    rig = Rig(tmp_path, journal, detector="pca-t2q", warmup_s=30, warmup_rows=40)
+    rig.feed(0, 50)
+    rig.feed(50, 80, out_of_range(55, 80))
+    an = rig.hook.analyzers[MACHINE]
+    assert an.model is not None and [d.name for d in an.model.detectors] == [
+        "limits", "rate", "flatline", "gap",
+    ]  # fmt: skip
+    assert an.note.startswith("no pca-t2q model: too few complete training rows")
+    assert [e.kind for e in rig.events][:1] == ["opened"]  # the limits still see the fault
+
+
+def test_a_failing_analyzer_never_stops_the_readings(rig: Rig) -> None:
+    rig.feed(0, 5)
+    an = rig.hook.analyzers[MACHINE]
+
+    def broken(*args: object, **kw: object) -> list[Any]:
+        raise RuntimeError("a bug")
+
+    an.add = broken  # type: ignore[method-assign]  # a bug cannot be made to happen for real
+    rig.feed(5, 10)  # every reading still comes back unchanged
+    assert MACHINE in rig.hook.exclude

@@ -573,3 +573,36 @@ def test_score_with_nothing() -> None:
     r = score([], [], machines=0, hours=0.0)
     assert r["recall"] == {} and r["false_alarms"] == 0
     assert math.isnan(r["recall_all"]) and math.isnan(r["fa_episodes_per_machine_per_hour"])
+
+
+def test_relearning_refits_when_the_normal_running_doubles_then_stops() -> None:
+    an, t = warmed(multivariate="pca-t2q", warmup_s=100, warmup_rows=100, relearn_factor=4)
+    first = state(an).model
+    assert first is not None
+    n = first.rows
+    add_steps(an, t, t + n - 5, wave)
+    assert state(an).model is first  # not yet twice the normal running
+    add_steps(an, t + n - 5, t + n + 5, wave)
+    second = state(an).model
+    assert second is not None and second is not first and second.rows == 2 * n
+    assert second.version != first.version and an.alarm.model_version == second.version
+    assert second.trained_from_ns == first.trained_from_ns
+    # an open episode: its rows are not learnt
+    t += n + 5
+    add_steps(an, t, t + 100, lambda t: {**wave(t), "a": 30.0})
+    add_steps(an, t + 100, t + 250, wave)
+    assert state(an).model is second
+    assert len(an._normal) <= 2 * n + 150 - 30  # not the 100 abnormal rows nor the off-delay
+    t += 250
+    add_steps(an, t, t + 2 * n + 200, wave)
+    third = state(an).model
+    assert third is not None and third is not second and third.rows == 4 * n
+    add_steps(an, t + 2 * n + 200, t + 12 * n, wave)
+    assert state(an).model is third  # 4 times the warm-up: the model is grown up
+
+
+def test_relearning_is_off_by_factor_one() -> None:
+    an, t = warmed(multivariate="pca-t2q", warmup_s=100, warmup_rows=100)
+    first = state(an).model
+    add_steps(an, t, t + 800, wave)
+    assert state(an).model is first

@@ -197,3 +197,19 @@ def test_box_limit_is_the_chi_square_quantile() -> None:
     lim = box_limit(rng.chisquare(5, size=(50_000, 1)) * 2.0, 0.999)
     assert lim[0] == pytest.approx(2.0 * 20.515, rel=0.03)
     assert box_limit(np.ones((10, 1)), 0.999)[0] == 1.0  # no spread: the value itself
+
+
+def test_one_wild_signal_does_not_drag_the_others_expected_values() -> None:
+    """A pressure reading 200 σ off: the flow and current still read as expected (what they
+    are), and the pressure's expected value is what the flow says it should be."""
+    det, test = fitted(make_pca)
+    det.score_many(test[:100])
+    bad = test[100:130].copy()
+    bad[:, 1] += 200 * 0.02
+    det.score_many(bad)
+    by = {c.signal: c for c in det.explain().contributions}
+    assert det.explain().top(1)[0].signal == "pressure"
+    for name in ("flow", "current"):  # within their normal spread of what was observed
+        assert abs(by[name].observed - by[name].expected) < by[name].spread, by[name]
+    flow = by["flow"].observed
+    assert by["pressure"].expected == pytest.approx(2 + 0.05 * (flow - 30), abs=0.05)
