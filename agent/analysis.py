@@ -15,6 +15,7 @@ their features match the configured signals.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -181,6 +182,11 @@ class Analytics:
     def _event(self, ev: AlarmEvent) -> None:
         ep = ev.episode
         state = "closed" if ev.kind == "closed" else "open"
+        if self.journal is not None and ev.kind != "suppressed":
+            with contextlib.suppress(Exception):  # the journal's word, when it has one
+                stored = self.journal.get(ep.id)
+                if stored is not None and stored.state == "acknowledged":
+                    state = "acknowledged"
         if ev.kind == "suppressed":
             log.warning("anomaly_suppressed", machine=ep.machine, reason=ev.reason,
                         detector=ep.detector)  # fmt: skip

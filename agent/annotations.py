@@ -5,7 +5,8 @@ Whoever acknowledges an episode (the review page in the agent, or ``factory-agen
 from another process, even while the agent is stopped) writes only to the journal. The running
 agent takes what is pending every few seconds, encodes one point per acknowledgement (at the
 acknowledgement's time; tags: the episode's tags, ``machine`` and ``verdict``; fields
-``episode_id``, ``who``, ``note``, ``text``, ``action`` and the episode's start and end), puts
+``episode_id``, ``who``, ``note``, ``text``, ``action`` and the episode's start and end), and
+rewrites the episode's own ``anomaly`` point with ``state="acknowledged"`` and the verdict, puts
 them into the spools, and only then marks them done. A crash in between spools an
 annotation twice: the same series and time, so InfluxDB keeps one.
 
@@ -46,14 +47,29 @@ def annotation_line(a: Annotation, encoder: Encoder) -> bytes | None:
     return encoder.encode(Reading(a.machine, a.time_ns, fields, tags))
 
 
+def acknowledged_line(a: Annotation, encoder: Encoder) -> bytes | None:
+    """The episode's ``anomaly`` point (same series and time) marked acknowledged: InfluxDB
+    merges these fields into it, so dashboards see the state the journal has."""
+    fields: dict[str, Any] = {"state": "acknowledged", "acked_by": a.who}
+    if a.verdict:
+        fields["verdict"] = a.verdict
+    return encoder.encode(Reading(a.machine, a.episode_start_ns, fields, dict(a.tags)))
+
+
 def forward_annotations(
-    journal: Journal, spool: Callable[[list[bytes]], None], encoder: Encoder
+    journal: Journal,
+    spool: Callable[[list[bytes]], None],
+    encoder: Encoder,
+    episodes: Encoder | None = None,
 ) -> int:
-    """Spool every pending acknowledgement, then mark it; return how many."""
+    """Spool every pending acknowledgement (and, with ``episodes``, the episode's new state),
+    then mark it; return how many."""
     pending = journal.pending_annotations()
     if not pending:
         return 0
     lines = [line for a in pending if (line := annotation_line(a, encoder)) is not None]
+    if episodes is not None:
+        lines += [line for a in pending if (line := acknowledged_line(a, episodes)) is not None]
     spool(lines)  # durable before the outbox forgets them
     journal.mark_annotated([a.audit_id for a in pending])
     return len(pending)

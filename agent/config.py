@@ -11,13 +11,21 @@ unknown keys get a "did you mean" (:mod:`connectors.validation`).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.sinks.influxdb import InfluxV1Config, InfluxV2Config
@@ -70,6 +78,44 @@ class HistoryConfig(_Section):
 class HttpConfig(_Section):
     listen: str = Field("127.0.0.1:8180", description="health, metrics and review page")
     enabled: bool = Field(True, description="serve /healthz, /metrics and the review page")
+    token_file: Path | None = Field(
+        None, description="file holding the access token; required off localhost"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        _, sep, port = listen.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"{listen!r} is not host:port, e.g. 127.0.0.1:8180")
+        return listen
+
+    @model_validator(mode="after")
+    def _token_off_localhost(self) -> HttpConfig:
+        host = self.listen.rpartition(":")[0]
+        if self.enabled and self.token_file is None and not self.is_loopback(host):
+            raise ValueError(
+                f"listen {self.listen!r} is reachable from other machines, so the review page "
+                "needs an access token: set http.token_file to a file holding one (e.g. "
+                "`openssl rand -hex 32 > /etc/factory-agent/http-token`), "
+                "or listen on 127.0.0.1"
+            )
+        return self
+
+    @staticmethod
+    def is_loopback(host: str) -> bool:
+        """Whether ``host`` (of ``host:port``; empty means 127.0.0.1) is this machine only.
+
+        >>> [HttpConfig.is_loopback(h) for h in ("", "127.0.0.1", "localhost", "[::1]", "::")]
+        [True, True, True, True, False]
+        """
+        host = host.strip("[]").lower()
+        if host in ("", "localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False  # a host name: it may resolve to anything
 
 
 class MonitorConfig(_Section):

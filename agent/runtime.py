@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from agent.analysis import Analytics
+from agent.analysis import ANOMALY_MEASUREMENT, Analytics
 from agent.annotations import ANNOTATION_MEASUREMENT, forward_annotations
 from agent.config import AgentConfig, load_config
 from agent.devices import build_connector
@@ -103,6 +103,7 @@ class Agent:
         )  # fmt: skip
         self._monitor_encoder = Encoder(cfg.monitor.measurement, machine_tag=None)
         self._annotation_encoder = Encoder(ANNOTATION_MEASUREMENT)
+        self._episode_encoder = Encoder(ANOMALY_MEASUREMENT)
 
     def _signals(self, machine: str) -> dict[str, SignalInfo] | None:
         for conn in self.connectors:
@@ -202,7 +203,9 @@ class Agent:
             self.pipeline.flush()
 
         try:
-            n = forward_annotations(self.journal, spool, self._annotation_encoder)
+            n = forward_annotations(
+                self.journal, spool, self._annotation_encoder, self._episode_encoder
+            )
         except Exception as exc:  # a busy or damaged journal must not stop the agent
             log.error("annotations_failed", error=str(exc))
             return 0
@@ -237,7 +240,7 @@ class Agent:
         self._build()
         assert self.pipeline is not None
         if self.config.http.enabled:
-            self.web = WebServer(self.config.http.listen, self.snapshot)
+            self.web = WebServer(self.config, self.snapshot)
             await self.web.start()
         self.pipeline.start()
         self._start_forwarders()

@@ -65,6 +65,14 @@ async def test_acks_from_another_process_become_annotations(
         )  # fmt: skip
         assert row["text"] == "Confirmed fault (ana): bearing replaced"
         assert (row["episode_id"], row["episode_end_ns"]) == (ep.id, T0 + 90 * 10**9)
+        # the episode's own point (its series, its start) now says acknowledged
+        (point,) = influx.query("SELECT state, verdict, acked_by, machine, line FROM anomaly",
+                                "factory")  # fmt: skip
+        assert point["time"] == T0
+        assert (point["state"], point["verdict"], point["acked_by"]) == (
+            "acknowledged", "confirmed", "ana",
+        )  # fmt: skip
+        assert (point["machine"], point["line"]) == ("hoist-01", "crane-2")
 
         cli.acknowledge(ep.id, by="bo", verdict="false-alarm", note="test lift", now_ns=T0 + 6)
         await wait_for(lambda: len(annotations(influx)) == 2, 20, 0.2)
