@@ -46,6 +46,7 @@ def analyzer_config(cfg: AnalyticsSection) -> AnalyzerConfig:
         checks=tuple(cfg.checks),
         quantile=cfg.quantile,
         margin=cfg.margin,
+        relearn_factor=cfg.relearn_factor,
         alarm=AlarmConfig(**cfg.alarm.model_dump()),  # the same names, checked by pydantic
     )  # fmt: skip
 

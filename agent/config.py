@@ -155,6 +155,10 @@ class AnalyticsSection(_Section):
     warmup_rows: int = Field(300, ge=30, description="and at least this many steps")
     quantile: float = Field(0.999, gt=0.5, le=1, description="limits: this quantile of training")
     margin: float = Field(1.5, ge=1, description="limits: times this head room")
+    relearn_factor: int = Field(
+        4, ge=1, le=64,
+        description="keep learning: refit as normal running doubles, to this x warm-up (1: off)",
+    )  # fmt: skip
     scores: bool = Field(True, description="write scores as measurement anomaly_score")
     exclude: list[str] = Field(default_factory=list, description="machines not analysed")
     alarm: AlarmSection = Field(default_factory=AlarmSection)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from pydantic_core import PydanticUndefined
 from agent.config import (
     AgentConfig,
     AgentSection,
+    AnalyticsSection,
     HistoryConfig,
     HttpConfig,
     MonitorConfig,
@@ -143,7 +144,8 @@ def example_config() -> str:
     out = [HEADER]
     for section, model in (("agent", AgentSection), ("spool", SpoolConfig),
                            ("history", HistoryConfig), ("http", HttpConfig),
-                           ("monitor", MonitorConfig)):  # fmt: skip
+                           ("monitor", MonitorConfig),
+                           ("analytics", AnalyticsSection)):  # fmt: skip
         about = AgentConfig.model_fields[section].description
         out.append(f"{section}:{'  # ' + about if about else ''}")
         out += _emit(model, "  ")
