@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -30,3 +31,19 @@ def test_demo_collects_every_machine_into_the_local_history(tmp_path: Path) -> N
         assert len(rows) >= 3, machine
     assert history.rows_added == 0  # reopened read-only use: nothing added by this check
     history.close()
+
+
+def test_a_minute_of_demo_opens_its_fault_and_anomalies_list_finds_it(tmp_path: Path) -> None:
+    """Issue 6's newcomer loop: `factory-agent demo --duration 60`, then `factory-agent
+    anomalies list` from the same directory, no flags: the conveyor jam the demo scenario
+    injects at 30 s of wall-clock time is listed."""
+    agent = [sys.executable, "-m", "agent.cli"]
+    demo = subprocess.run([*agent, "demo", "--duration", "60"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    assert (tmp_path / "factory-agent-data" / "journal.db").exists()  # the default data dir
+    listed = subprocess.run([*agent, "anomalies", "list", "--json"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    episodes = json.loads(listed.stdout)
+    assert "conveyor-01" in {e["machine"] for e in episodes}, episodes
