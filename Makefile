@@ -43,7 +43,7 @@ unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
 test: $(STAMP) system-deps lint typecheck
-	$(BIN)/python -m doctest connectors/*.py simulators/*.py simulators/models/*.py analytics/*.py
+	$(BIN)/python -m doctest connectors/*.py simulators/*.py simulators/models/*.py analytics/*.py agent/*.py agent/sinks/*.py
 	$(BIN)/pytest
 
 bench: $(STAMP)
