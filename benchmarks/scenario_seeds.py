@@ -58,7 +58,7 @@ def main() -> None:
             print(f"{factor:>7} {seed:>4}  {r['detected']:>3}/{r['detectable']:<3} "
                   f"{r['recall_all']:>4.0%}  {fa:>8.2f}  {r['median_delay_s']:>10.0f} s  "
                   f"{', '.join(missed) or '-'}", flush=True)  # fmt: skip
-        print(f"{factor:>7}  all  {found:>3}/{total:<3} {found / total:>4.0%}  "
+        print(f"{factor:>7}  all  {found:>3}/{total:<3} {found / total:>6.1%}  "
               f"{fas / hours * 8:>8.2f}  {statistics.median(delays):>10.0f} s\n")  # fmt: skip
 
 
