@@ -4,6 +4,9 @@ Feeds simulator output (one Reading = all signals of a machine at one instant) t
 :class:`agent.analysis.Analytics` with the default detectors (PCA T²+Q and the per-signal
 checks) after the warm-up, as the running agent does. ``--per-step N`` readings fall in one
 scoring step (a 10 Hz poll with the default 1 s step: 10). Prints the median of ``--runs``.
+The steady state is measured: relearning is off unless ``--relearn N`` (its refits, a few in
+a model's first hours, would otherwise land in the short measured window; with ``--relearn 4``
+two refits of 600 and 1,200 rows per machine do).
 
     python benchmarks/bench_analytics.py [--per-step 10] [--machines 5] [--steps 3000]
 """
@@ -24,7 +27,9 @@ from simulators.scenario import Scenario
 KINDS = ("cnc", "injection_moulding", "conveyor", "compressor", "crane_hoist")
 
 
-def run(machines: int, per_step: int, steps: int, detector: str) -> tuple[float, float]:
+def run(
+    machines: int, per_step: int, steps: int, detector: str, relearn: int = 1
+) -> tuple[float, float]:
     scn = Scenario.model_validate({
         "name": "bench", "seed": 1, "speed": per_step, "rate_hz": per_step, "duration": "24h",
         "machines": [{"name": f"m{i}", "kind": KINDS[i % len(KINDS)]} for i in range(machines)],
@@ -32,8 +37,9 @@ def run(machines: int, per_step: int, steps: int, detector: str) -> tuple[float,
     plant = Plant(scn)  # dt = 1 machine second per tick; per_step readings share a step
     signals = scenario_signals(plant)
     cfg = AnalyticsSection.model_validate(
-        {"detector": detector, "warmup_s": 300, "warmup_rows": 300, "step_s": per_step}
-    )
+        {"detector": detector, "warmup_s": 300, "warmup_rows": 300, "step_s": per_step,
+         "relearn_factor": relearn}
+    )  # fmt: skip
     hook = Analytics(cfg, models_dir=None, journal=None, signals=signals.get)
     names = {m.name: m.model.signal_names() for m in plant.machines}
 
@@ -62,10 +68,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--detector", default="pca-t2q", choices=["pca-t2q", "iforest", "none"])
+    p.add_argument("--relearn", type=int, default=1, help="analytics.relearn_factor")
     a = p.parse_args()
     per_reading, per_step = [], []
     for _ in range(a.runs):
-        r, s = run(a.machines, a.per_step, a.steps, a.detector)
+        r, s = run(a.machines, a.per_step, a.steps, a.detector, a.relearn)
         per_reading.append(r)
         per_step.append(s)
     print(f"analytics ({a.detector}), {a.machines} machines, {a.per_step} readings per step, "
