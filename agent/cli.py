@@ -316,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--depth", type=int, default=6, help="levels below Objects (default 6)")
     br.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     br.set_defaults(func=cmd_browse)
+
+    from agent.bench import add_parser as add_bench  # noqa: PLC0415 (its heavy imports are lazy)
+
+    add_bench(sub)
     return p
 
 
