@@ -404,9 +404,10 @@ class MachineAnalyzer:
     def _score(self, t_ns: int, t_s: float, row: dict[str, float]) -> StepResult:
         components: dict[str, float] = {}
         best, best_det = -1.0, None
+        values = np.array([row[k] for k in self.columns])  # once for all per-signal checks
         for det in self._checks:
             # Per-signal checks keep time (gaps, rates); the multivariate models are per row.
-            s = det.score_one(row, t_s=t_s) if det.name in ALL_CHECKS else det.score_one(row)
+            s = det.score_one(values, t_s=t_s) if det.name in ALL_CHECKS else det.score_one(row)
             if not math.isfinite(s):
                 s = 0.0
             components[det.name] = s

@@ -126,16 +126,17 @@ class _PerSignal:
         self._train = []
         self.fitted = True
 
-    def scores(self, x: Row, *, t_s: float | None = None) -> F64:
-        """Normalised score of every signal (1.0 = its limit)."""
-        v = self._vector(x)
+    def scores(self, x: Row | F64, *, t_s: float | None = None) -> F64:
+        """Normalised score of every signal (1.0 = its limit); ``x`` may also be the values
+        already in :attr:`columns` order (a caller scoring several detectors builds it once)."""
+        v = x if isinstance(x, np.ndarray) else self._vector(x)
         raw = self._raw(v, t_s)
         self._last_x = v
         s = np.where(np.isfinite(raw), raw / self.limit, 0.0) if self.fitted else np.zeros_like(raw)
         self._last_scores = s
         return s
 
-    def score_one(self, x: Row, *, t_s: float | None = None) -> float:
+    def score_one(self, x: Row | F64, *, t_s: float | None = None) -> float:
         s = self.scores(x, t_s=t_s)
         return float(s.max()) if s.size else 0.0
 
