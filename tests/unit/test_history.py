@@ -50,3 +50,27 @@ def test_size_budget_drops_the_oldest(tmp_path: Path) -> None:
     span = h.span()
     assert span is not None and span[1] == (19 * 500 + 499) * SECOND  # the newest is kept
     assert span[0] > 0 and h.rows_pruned > 0
+
+
+def test_sustained_writes_reuse_freed_pages_instead_of_growing(tmp_path: Path) -> None:
+    """No VACUUM (it stalled the agent ~2 s at 256 MB): freed pages take the new rows, so the
+    file stops growing near its budget."""
+    h = History(tmp_path / "h.db", max_bytes=300_000, prune_every_s=3600)
+    sizes = []
+    for block in range(60):
+        h.add(reading("a", (block * 500 + i) * SECOND, speed=float(i), temp=1.5, load=3.25)
+              for i in range(500))  # fmt: skip
+        h.prune()
+        assert h.size_bytes() <= 300_000
+        h._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        sizes.append((tmp_path / "h.db").stat().st_size)
+    assert max(sizes) <= 1.2 * 300_000
+    assert sizes[-1] == sizes[30]  # steady state: not a page more
+    span = h.span()
+    assert span is not None and span[1] == (59 * 500 + 499) * SECOND
+
+
+def test_non_finite_values_are_stored_as_no_value(tmp_path: Path) -> None:
+    h = History(tmp_path / "h.db")
+    h.add([reading("a", 0, speed=float("nan"), temp=float("inf"), load=2.0)])
+    assert h.query("a", 0, 0)[0][1] == {"speed": None, "temp": None, "load": 2.0}
