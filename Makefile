@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make demo   - the simulated plant (OPC UA :4840, Modbus :5020) and the agent, live view"
 	@echo "make test   - install everything the tests need, then lint, type-check and test"
-	@echo "make bench  - run the benchmark scripts and print their figures"
+	@echo "make bench  - the sizing benchmark (factory-agent bench), then the benchmark scripts"
 
 # A virtual environment with the project and its development tools, rebuilt when
 # pyproject.toml changes. On Debian without ensurepip, python3-venv is installed first.
@@ -46,7 +46,8 @@ test: $(STAMP) system-deps lint typecheck
 	$(BIN)/python -m doctest connectors/*.py simulators/*.py simulators/models/*.py analytics/*.py agent/*.py agent/sinks/*.py
 	$(BIN)/pytest
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
+	$(BIN)/factory-agent bench
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
