@@ -35,14 +35,14 @@ import builtins
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, cast, get_args
 
+from agent.sqlitetx import write_transaction
 from analytics.types import Contribution, Episode
 
 State = Literal["open", "closed", "acknowledged"]
@@ -190,16 +190,8 @@ class Journal:
             if version < SCHEMA_VERSION:
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction; IMMEDIATE so a busy file waits up front, not at COMMIT."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[None]:
+        return write_transaction(self._db)
 
     def record(self, episode: Episode) -> None:
         """Insert the episode, or update it (same ``id``); an acknowledgement is kept."""

@@ -50,13 +50,16 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 import structlog
+
+from agent.sqlitetx import write_transaction
 
 FsyncMode = Literal["always", "interval", "never"]
 SYNCHRONOUS: dict[str, str] = {"always": "FULL", "interval": "NORMAL", "never": "OFF"}
@@ -243,15 +246,8 @@ class Spool:
         self._db.close()
 
     # -- appending and deleting ---------------------------------------------------------------
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[None]:
+        return write_transaction(self._db)
 
     def _insert(self, payload: bytes, n_points: int, size: int) -> int:
         row = (time.time_ns(), n_points, size, payload)
