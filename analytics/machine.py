@@ -275,26 +275,35 @@ class MachineAnalyzer:
         if mv is not None:
             detectors.append(mv)
         settings = {k: v for k, v in asdict(self.config).items() if k != "alarm"}
-        digest = hashlib.sha256(pickle.dumps([self.columns, len(data), settings])).hexdigest()
-        now = time.time_ns()
-        created = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now / NS))
-        model = Model(
-            machine=self.machine,
-            columns=self.columns,
-            detectors=detectors,
-            version=f"{self.config.multivariate}-{created}-{digest[:6]}",
-            trained_from_ns=self._train_from or 0,
-            trained_to_ns=self._train_to,
-            rows=len(data),
-            created_ns=now,
-            settings=settings,
-        )
+        model = self._model(detectors, len(data), self._train_from or 0, self._train_to,
+                            settings, salt=settings)  # fmt: skip
         self._normal = [list(r) for r in data] if rows is None else []
         self._relearn_at = 2 * len(data)
         self._relearn_cap = self.config.relearn_factor * len(data)
         self._train_rows = []
         self.use(model)
         return model
+
+    def _model(
+        self,
+        detectors: list[Any],
+        rows: int,
+        trained_from_ns: int,
+        trained_to_ns: int,
+        settings: dict[str, Any],
+        *,
+        salt: object,
+    ) -> Model:
+        """A new model version: ``<detector>-<UTC time>-<digest of what it was fitted on>``."""
+        digest = hashlib.sha256(pickle.dumps([self.columns, rows, salt])).hexdigest()
+        now = time.time_ns()
+        created = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now / NS))
+        return Model(
+            machine=self.machine, columns=self.columns, detectors=detectors,
+            version=f"{self.config.multivariate}-{created}-{digest[:6]}",
+            trained_from_ns=trained_from_ns, trained_to_ns=trained_to_ns, rows=rows,
+            created_ns=now, settings=settings,
+        )  # fmt: skip
 
     def _relearn(self, row: dict[str, float], t_ns: int) -> None:
         """Keep a normal row; refit the multivariate model when the normal running doubled."""
@@ -312,15 +321,8 @@ class MachineAnalyzer:
             self._relearn_at = 0
             return
         detectors = [d for d in model.detectors if d.name in ALL_CHECKS] + [mv]
-        digest = hashlib.sha256(pickle.dumps([self.columns, len(data), model.version])).hexdigest()
-        now = time.time_ns()
-        created = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now / NS))
-        self.model = Model(
-            machine=self.machine, columns=self.columns, detectors=detectors,
-            version=f"{c.multivariate}-{created}-{digest[:6]}",
-            trained_from_ns=model.trained_from_ns, trained_to_ns=t_ns, rows=len(data),
-            created_ns=now, settings=model.settings,
-        )  # fmt: skip
+        self.model = self._model(detectors, len(data), model.trained_from_ns, t_ns,
+                                 model.settings, salt=model.version)  # fmt: skip
         self._checks = list(detectors)
         self.alarm.model_version = self.model.version
         self._relearn_at = 2 * len(data)
