@@ -185,11 +185,12 @@ def cmd_evaluate_skab(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace, out: IO[str]) -> int:
-    from agent.retrain import parse_time, render, retrain  # noqa: PLC0415
+    from agent.anomalies import parse_when  # noqa: PLC0415
+    from agent.retrain import render, retrain  # noqa: PLC0415
 
     cfg = _load(args)
-    since = parse_time(args.since, "--from") if args.since else None
-    until = parse_time(args.until, "--to") if args.until else None
+    since = parse_when(args.since, "--from") if args.since else None
+    until = parse_when(args.until, "--to") if args.until else None
     out.write(render(retrain(cfg, args.machine, since, until)))
     return 0
 
@@ -219,8 +220,10 @@ def _analytics_commands(sub: Any) -> None:
     rt = sub.add_parser("retrain", help="refit a machine's model on a window of normal running")
     _config_args(rt)
     rt.add_argument("--machine", required=True, help="machine name")
-    rt.add_argument("--from", dest="since", metavar="TIME", help="ISO 8601 (default: oldest)")
-    rt.add_argument("--to", dest="until", metavar="TIME", help="ISO 8601 (default: newest)")
+    rt.add_argument("--from", dest="since", metavar="TIME",
+                    help="ISO 8601 or an age such as 2h (default: oldest)")  # fmt: skip
+    rt.add_argument("--to", dest="until", metavar="TIME",
+                    help="ISO 8601 or an age such as 2h (default: newest)")  # fmt: skip
     rt.set_defaults(func=cmd_retrain)
 
 

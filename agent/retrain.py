@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import shutil
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from agent.analysis import analyzer_config
@@ -23,18 +22,6 @@ from agent.history import History
 from agent.journal import Journal, iso_utc
 from analytics.machine import MachineAnalyzer, Model, SignalMeta
 from connectors.cli import UsageError
-
-
-def parse_time(text: str, what: str) -> int:
-    """ISO 8601 (UTC unless an offset is given) to ns since the epoch."""
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"{what} {text!r}: not a time; use ISO 8601, e.g. "
-                         "2026-11-23T08:00 or 2026-11-23T08:00:00+07:00") from None  # fmt: skip
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1e9)
 
 
 @dataclass
