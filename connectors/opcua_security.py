@@ -35,6 +35,7 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import SecretStr
 
@@ -292,6 +293,49 @@ def load_password(cfg: OpcUaConfig) -> SecretStr | None:
     return None
 
 
+def load_user_certificate(cfg: OpcUaConfig) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """The login certificate and its key, PEM or DER by content whatever the file is called.
+
+    (asyncua goes by the name: only ``.pem`` is read as PEM, so ``user.crt``/``user.key`` failed
+    with an ASN.1 parse error.) Checked here, where the error can name the file: the key is an
+    unencrypted RSA key (the OPC UA user token signatures are RSA) and belongs to the certificate
+    (else the server answers only BadIdentityTokenInvalid).
+    """
+    cert_path, key_path = cfg.user_certificate, cfg.user_private_key
+    assert cert_path is not None, "open_client calls this only with a user certificate"
+    assert key_path is not None, "the configuration requires the key with the certificate"
+
+    def error(text: str) -> ConnectorError:
+        return ConnectorError(cfg.name, text, retryable=False)
+
+    try:
+        cert = read_certificate(cert_path.read_bytes())
+    except OSError as exc:
+        raise error(f"user_certificate: cannot read {cert_path}: {exc.strerror}") from None
+    except ValueError:
+        raise error(f"user_certificate: {cert_path} is not a DER or PEM certificate") from None
+    try:
+        data = key_path.read_bytes()
+    except OSError as exc:
+        raise error(f"user_private_key: cannot read {key_path}: {exc.strerror}") from None
+    pem = data.lstrip().startswith(b"-----BEGIN")
+    load = serialization.load_pem_private_key if pem else serialization.load_der_private_key
+    try:
+        key = load(data, password=None)
+    except TypeError:  # cryptography: "Password was not given but private key is encrypted"
+        raise error(f"user_private_key: {key_path} is encrypted: give the key without a"
+                    " passphrase (readable by the agent only)") from None  # fmt: skip
+    except ValueError:
+        raise error(f"user_private_key: {key_path} is not a PEM or DER private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise error(f"user_private_key: {key_path} is not an RSA key: OPC UA user certificates"
+                    " with these security policies are RSA")  # fmt: skip
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        raise error(f"user_private_key: {key_path} is not the key of user_certificate {cert_path}")
+    return cert, key
+
+
 def refusal(cfg: OpcUaConfig, exc: UaStatusCodeError) -> ConnectorError | None:
     """A clear, non-retryable error for a refused login or certificate; ``None`` otherwise."""
     code = describe(exc)
@@ -300,7 +344,10 @@ def refusal(cfg: OpcUaConfig, exc: UaStatusCodeError) -> ConnectorError | None:
             what = f"login as {cfg.username!r} refused ({code}): check the user name and"
             return ConnectorError(cfg.name, f"{what} password_env/password_file", retryable=False)
         if cfg.user_certificate is not None:
-            msg = f"login with user certificate {cfg.user_certificate} refused ({code})"
+            msg = (
+                f"login with user certificate {cfg.user_certificate} refused ({code}): the server"
+                " does not accept it as a user (have it added to its trusted user certificates)"
+            )
             return ConnectorError(cfg.name, msg, retryable=False)
         msg = f"anonymous login refused ({code}): set username with password_env or password_file"
         return ConnectorError(cfg.name, msg, retryable=False)
@@ -344,12 +391,7 @@ async def open_client(cfg: OpcUaConfig, observer: Observer | None = None) -> Bou
             client.set_user(cfg.username)
             client.set_password(password.get_secret_value())
         if cfg.user_certificate is not None and cfg.user_private_key is not None:
-            try:
-                await client.load_client_certificate(str(cfg.user_certificate))
-                await client.load_private_key(cfg.user_private_key)
-            except (OSError, ValueError) as exc:
-                msg = f"user_certificate/user_private_key: cannot load them: {describe(exc)}"
-                raise ConnectorError(cfg.name, msg, retryable=False) from None
+            client.user_certificate, client.user_private_key = load_user_certificate(cfg)
         await asyncio.wait_for(client.connect(), budget)
     except UaStatusCodeError as exc:
         client.disconnect_socket()

@@ -4,8 +4,11 @@ The simulator accepts **any** client application certificate (self-signed or not
 against a trust list): it is a test double for plant equipment, and making every test and demo
 set up a PKI would cost more than it shows. What it does enforce: only the security policies
 listed in ``opcua.security`` (including refusing sessions on an unsecured channel when ``None``
-is not listed, which asyncua alone does not do), anonymous access only when allowed, and
-username/password logins checked against passwords read at start from env vars or files.
+is not listed, which asyncua alone does not do), anonymous access only when allowed,
+username/password logins checked against passwords read at start from env vars or files, and
+X.509 user certificate logins (an X509IdentityToken) for exactly the certificates listed in
+``opcua.user_certificates`` (compared whole, like asyncua's ``CertificateUserManager``; no chain,
+no dates), offered on the endpoints only when that list is not empty.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from typing import Any
 from asyncua import ua
 from asyncua.crypto import cert_gen
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.internal_server import InternalServer
+from asyncua.server.internal_session import InternalSession
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from simulators.scenario import OpcUaSpec, SecurityName
 
@@ -218,7 +223,7 @@ def load_passwords(spec: OpcUaSpec, environ: Mapping[str, str] | None = None) ->
         else:
             raise OpcUaSetupError(f"{where}: give exactly one of password_env or password_file")
         out[user.name] = value
-    if not out and not spec.allow_anonymous:
+    if not out and not spec.allow_anonymous and not spec.user_certificates:
         detail = "; ".join(skipped) or "no users are defined"
         raise OpcUaSetupError(
             f"opcua.users: anonymous access is off and nobody can log in ({detail})"
@@ -226,21 +231,107 @@ def load_passwords(spec: OpcUaSpec, environ: Mapping[str, str] | None = None) ->
     return Logins(out, skipped)
 
 
+def load_user_certificates(spec: OpcUaSpec) -> dict[bytes, str]:
+    """The certificates accepted for user logins, read at start: SHA-256 fingerprint -> name.
+
+    A user's name is the certificate's subject common name, else its file name. A file that
+    cannot be read or is no certificate is an error naming its ``opcua.user_certificates`` entry.
+    """
+    out: dict[bytes, str] = {}
+    for i, path in enumerate(spec.user_certificates):
+        where = f"opcua.user_certificates[{i}]"
+        try:
+            cert = read_certificate(path)
+        except OSError as exc:
+            msg = f"{where}: cannot read {str(path)!r}: {exc.strerror} (give a certificate file)"
+            raise OpcUaSetupError(msg) from exc
+        except ValueError as exc:
+            msg = f"{where}: {str(path)!r} is not a DER or PEM certificate"
+            raise OpcUaSetupError(msg) from exc
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        out[cert.fingerprint(hashes.SHA256())] = str(names[0].value) if names else path.name
+    return out
+
+
+class UserCertificateToken(bytes):
+    """The certificate of an X509IdentityToken whose signature asyncua has verified.
+
+    ``secured`` says whether the session's channel is secured: for this token asyncua hands the
+    user manager the token's certificate where it hands over the channel's for other logins.
+    """
+
+    secured: bool = False
+
+    def fingerprint(self) -> bytes:
+        """SHA-256 of the user's certificate (the first one: issuers may follow it)."""
+        der = bytes(self)
+        if len(der) > 4 and der[1] & 0x80:  # long-form DER length: header 2 + n bytes
+            n = der[1] & 0x7F
+            der = der[: 2 + n + int.from_bytes(der[2 : 2 + n], "big")]
+        return x509.load_der_x509_certificate(der).fingerprint(hashes.SHA256())
+
+
+class _SimSession(InternalSession):
+    """A session that remembers whether its ActivateSession came over a secured channel."""
+
+    channel_secured = False
+
+    def activate_session(
+        self, params: ua.ActivateSessionParameters, peer_certificate: bytes | None
+    ) -> ua.ActivateSessionResult:
+        self.channel_secured = bool(peer_certificate)
+        return super().activate_session(params, peer_certificate)
+
+
+_ANONYMOUS = User(role=UserRole.Anonymous)
+
+
+class SimInternalServer(InternalServer):
+    """asyncua's internal server, marking user certificate logins for :class:`SimUserManager`.
+
+    Without the mark, ``get_user`` could not tell an X509IdentityToken from an anonymous login
+    on a channel secured with the same certificate, nor whether that token came over an
+    unsecured channel.
+    """
+
+    def create_session(
+        self, name: str, user: User = _ANONYMOUS, external: bool = False
+    ) -> InternalSession:
+        return _SimSession(
+            self, self.aspace, self.subscription_service, name, user=user, external=external
+        )
+
+    def verify_x509_token(
+        self, isession: Any, token: ua.X509IdentityToken, signature: ua.SignatureData
+    ) -> bytes:
+        checked = UserCertificateToken(super().verify_x509_token(isession, token, signature))
+        checked.secured = bool(getattr(isession, "channel_secured", False))
+        return checked
+
+
 class SimUserManager:
-    """asyncua user manager: anonymous when allowed, else username/password; read-only users.
+    """asyncua user manager: anonymous if allowed, passwords, user certificates; read-only users.
 
     asyncua calls :meth:`get_user` on ActivateSession with the client's channel certificate;
     an empty one means the channel is unsecured. When the ``None`` policy is not
     offered such a session is refused here, because asyncua 2.1 otherwise lets a client skip
-    the offered endpoints and activate a session on the discovery-only unsecured channel.
+    the offered endpoints and activate a session on the discovery-only unsecured channel. A
+    user certificate login arrives as a :class:`UserCertificateToken` (with
+    :class:`SimInternalServer`): accepted when the certificate is one of ``certificates``.
     """
 
     def __init__(
-        self, passwords: dict[str, str], *, allow_anonymous: bool, allow_unsecured: bool
+        self,
+        passwords: dict[str, str],
+        *,
+        allow_anonymous: bool,
+        allow_unsecured: bool,
+        certificates: Mapping[bytes, str] | None = None,
     ) -> None:
         self._passwords = {name: pw.encode() for name, pw in passwords.items()}
         self._allow_anonymous = allow_anonymous
         self._allow_unsecured = allow_unsecured
+        self._certificates = dict(certificates or {})
 
     def get_user(
         self,
@@ -251,6 +342,11 @@ class SimUserManager:
     ) -> User | None:
         """Return the user for these credentials, or ``None`` to refuse (BadUserAccessDenied)."""
         del iserver  # required by asyncua's interface
+        if isinstance(certificate, UserCertificateToken):  # an X.509 user login, signature ok
+            if not certificate.secured and not self._allow_unsecured:
+                return None
+            name = self._certificates.get(certificate.fingerprint())
+            return None if name is None else User(role=UserRole.User, name=name)
         if not certificate and not self._allow_unsecured:  # None or b"": unsecured channel
             return None
         if username is None:

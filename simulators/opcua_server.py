@@ -12,7 +12,7 @@ plant's source timestamp and the server time. A failed sensor or a lost machine 
 status code and no value; a value whose value and status did not change is not written again, so
 its SourceTimestamp is the time of its last change (OPC UA Part 4, 7.7.3) and subscribers are not
 disturbed. Security and logins live in :mod:`simulators.opcua_security`; the server accepts any
-client certificate (it is a simulator).
+client certificate (it is a simulator), and user certificates only when the scenario lists them.
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ from simulators.models.base import Signal
 from simulators.opcua_security import (
     POLICIES,
     OpcUaSetupError,
+    SimInternalServer,
     SimUserManager,
     load_passwords,
+    load_user_certificates,
     needs_certificate,
     server_certificate,
 )
@@ -168,6 +170,7 @@ class OpcUaSimServer:
         self.namespace_index = -1
         self.policies: list[str] = []
         self.users: list[str] = []  # who can log in with a password (known after start)
+        self.certificate_users: list[str] = []  # who can log in with a user certificate
         self.stats = PublishStats()
         self._server: Server | None = None
         self._aspace: Any = None
@@ -186,13 +189,15 @@ class OpcUaSimServer:
         logins = load_passwords(spec)
         for problem in logins.skipped:
             log.warning("opcua_user_skipped", problem=problem)
-        server = Server(
-            user_manager=SimUserManager(  # type: ignore[arg-type]  # duck-typed interface
-                logins.passwords,
-                allow_anonymous=spec.allow_anonymous,
-                allow_unsecured="None" in spec.security,
-            )
+        user_certificates = load_user_certificates(spec)
+        users = SimUserManager(
+            logins.passwords,
+            allow_anonymous=spec.allow_anonymous,
+            allow_unsecured="None" in spec.security,
+            certificates=user_certificates,
         )
+        iserver = SimInternalServer(user_manager=users)  # type: ignore[arg-type]  # duck-typed
+        server = Server(iserver=iserver)
         await server.init()
         server.set_server_name(f"factory-agent simulator ({self.plant.scenario.site})")
         server.set_endpoint(f"opc.tcp://{_url_host(spec.host)}:{self.port}/")
@@ -204,6 +209,8 @@ class OpcUaSimServer:
         tokens: list[type] = [ua.AnonymousIdentityToken] if spec.allow_anonymous else []
         if logins.passwords:
             tokens.append(ua.UserNameIdentityToken)
+        if user_certificates:
+            tokens.append(ua.X509IdentityToken)
         server.set_identity_tokens(tokens)
         self.namespace_index = await server.register_namespace(spec.namespace)
         self._aspace = server.iserver.aspace
@@ -212,6 +219,7 @@ class OpcUaSimServer:
         self._server = server
         self.policies = list(spec.security)
         self.users = sorted(logins.passwords)
+        self.certificate_users = sorted(set(user_certificates.values()))
         await self.publish(self.plant)
         log.info(
             "opcua_server_started",
@@ -219,6 +227,7 @@ class OpcUaSimServer:
             policies=self.policies,
             anonymous=spec.allow_anonymous,
             users=self.users,
+            certificate_users=self.certificate_users,
             signals=sum(len(n) for n in self._nodeids),
             application_uri=self.application_uri,
         )
@@ -279,6 +288,7 @@ class OpcUaSimServer:
         """One line for the CLI: endpoint, policies and logins."""
         who = ["anonymous"] if self.spec.allow_anonymous else []
         who += [f"user {name}" for name in self.users]
+        who += [f"certificate of {name}" for name in self.certificate_users]
         return (
             f"OPC UA: {self.endpoint} (namespace {self.spec.namespace}; "
             f"security {', '.join(self.policies)}; logins: {', '.join(who)})"
