@@ -29,7 +29,7 @@ demo: $(STAMP)
 
 # Debian packages the tests use: servers they start, and the browser of the browser tests.
 system-deps:
-	@scripts/apt-install influxdb victoria-metrics chromium chromium-driver
+	@scripts/apt-install influxdb victoria-metrics chromium chromium-driver socat
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import ssl
+import termios
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ class ModbusConfig(DeviceConfig):
     host: str | None = Field(None, description="TCP host (tcp, rtu_over_tcp)")
     port: int = Field(502, ge=1, le=65535, description="TCP port")
     serial_port: str | None = Field(None, description="serial device, e.g. /dev/ttyUSB0")
-    baudrate: int = Field(19200, description="serial speed")
+    baudrate: int = Field(19200, gt=0, description="serial speed")
     parity: Literal["N", "E", "O"] = Field("E", description="serial parity")
     tls: TlsConfig | None = Field(None, description="Modbus/TCP Security (port 802)")
     word_order: WordOrder = Field("ABCD", description="default byte/word order of the device")
@@ -203,6 +204,7 @@ class ModbusConnector:
         self._client: Any = None
         self._closed = asyncio.Event()
         self._link_failures = 0
+        self._open_error = ""  # why the last open failed, when pymodbus does not swallow it
         #: unit and normal range of every field, by machine (NaN where no range is given)
         self.signals = {
             m.name: {r.field: SignalInfo(r.field, r.unit, math.nan if r.low is None else r.low,
@@ -256,16 +258,24 @@ class ModbusConnector:
         if self._client is not None:
             self._client.close()
         self._client = self._make_client()
+        self._open_error = ""
         try:
             ok = await asyncio.wait_for(self._client.connect(), self.config.timeout_s)
         except (TimeoutError, OSError, ModbusException):
+            ok = False
+        except termios.error as exc:
+            # The device opened but its driver refused the line settings (a pty refuses
+            # parity E and O): a device we cannot reach, not a crash of the agent.
+            c = self.config
+            self._open_error = (f" (the serial driver refused {c.baudrate} baud, parity "
+                                f"{c.parity}: {exc.args[-1]})")  # fmt: skip
             ok = False
         return bool(ok)
 
     async def connect(self) -> None:
         """Open the connection; a failure is not fatal, ``readings()`` keeps retrying."""
         if not await self._open():
-            self.health.failed(f"cannot connect to {self._where()}")
+            self.health.failed(f"cannot connect to {self._where()}{self._open_error}")
 
     def _where(self) -> str:
         c = self.config
@@ -307,7 +317,7 @@ class ModbusConnector:
             self.backoff.reset()
             self._link_failures = 0
         else:
-            self.health.failed(f"cannot connect to {self._where()}")
+            self.health.failed(f"cannot connect to {self._where()}{self._open_error}")
 
     async def poll(self, ts_ns: int) -> list[Reading]:
         """Read every unit once; return one Reading per machine that answered anything."""
@@ -380,7 +390,8 @@ class ModbusConnector:
             # asyncio.timeout, not wait_for: wait_for wraps the call in a task (8 µs a request)
             async with asyncio.timeout(self.config.timeout_s * (self.config.retries + 1) + 0.5):
                 rr = await call(req.start, count=req.count, device_id=req.unit_id)
-        except (TimeoutError, ModbusException, OSError) as exc:
+        # termios.error: pymodbus reconnects inside the call when the line dropped mid-poll
+        except (TimeoutError, ModbusException, OSError, termios.error) as exc:
             self._mark(req, quality, None, TIMEOUT)
             return False, f"unit {req.unit_id} {req.table}@{req.start}: {type(exc).__name__}"
         self.health.record_rtt(time.perf_counter() - t0)

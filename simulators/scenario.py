@@ -101,6 +101,10 @@ class OpcUaSpec(_Strict):
     )
     allow_anonymous: bool = Field(True, description="accept anonymous sessions")
     users: list[UserSpec] = Field(default_factory=list, description="username/password logins")
+    user_certificates: list[Path] = Field(
+        default_factory=list,
+        description="X.509 user certificates (DER or PEM) accepted for login; none: not offered",
+    )
     certificate: Path | None = Field(None, description="server certificate (DER or PEM)")
     private_key: Path | None = Field(None, description="server private key (PEM)")
     cert_dir: Path | None = Field(
@@ -116,15 +120,26 @@ class ModbusTlsSpec(_Strict):
     client_ca: Path | None = Field(None, description="require client certificates from this CA")
 
 
+#: Settings only the serial transport uses (named as in the agent's ``ModbusConfig``).
+SERIAL_SETTINGS = ("serial_port", "baudrate", "parity")
+
+
 class ModbusSpec(_Strict):
     enabled: bool = Field(True, description="serve Modbus TCP")
-    transport: Literal["tcp", "rtu_over_tcp"] = Field(
-        "tcp", description="MBAP framing (tcp) or RTU frames with CRC over TCP (rtu_over_tcp)"
+    transport: Literal["tcp", "rtu_over_tcp", "serial"] = Field(
+        "tcp",
+        description="MBAP framing (tcp), RTU frames with CRC over TCP (rtu_over_tcp), "
+        "or RTU on a serial line (serial)",
     )
     tls: ModbusTlsSpec | None = Field(None, description="serve Modbus/TCP Security instead")
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(5020, ge=0, le=65535, description="TCP port (502 needs root; 0 picks one)")
     word_order: WordOrder = Field("ABCD", description="register order of 32-bit values")
+    serial_port: str | None = Field(
+        None, min_length=1, description="serial device to serve on (serial), e.g. /dev/ttyUSB0"
+    )
+    baudrate: int = Field(19200, gt=0, description="serial speed (serial)")
+    parity: Literal["N", "E", "O"] = Field("E", description="serial parity (serial)")
 
 
 class MachineSpec(_Strict):
@@ -223,14 +238,14 @@ def _check(
             ids.setdefault(m.unit_id, m.name)
     if len(scn.machines) > 247 and scn.modbus.enabled:
         errors.add("machines", f"{len(scn.machines)} machines, but Modbus has only unit ids 1..247")
-    if scn.opcua.enabled and scn.modbus.enabled and scn.opcua.port == scn.modbus.port != 0:
+    serial = scn.modbus.transport == "serial"
+    if (scn.opcua.enabled and scn.modbus.enabled and not serial
+            and scn.opcua.port == scn.modbus.port != 0):  # fmt: skip
         errors.add(
             "modbus.port", f"{scn.modbus.port} is also opcua.port; give each protocol its own port"
         )
-    if scn.opcua.enabled and not scn.opcua.allow_anonymous and not scn.opcua.users:
-        errors.add(
-            "opcua.users", "anonymous access is off and no user is defined: nobody could log in"
-        )
+    _check_serial(scn, errors)
+    _check_logins(scn.opcua, errors)
     for i, u in enumerate(scn.opcua.users):
         if (u.password_env is None) == (u.password_file is None):
             errors.add(f"opcua.users[{i}]", "give exactly one of password_env or password_file")
@@ -277,6 +292,54 @@ def _check(
             errors.add(
                 f"{where}.signal", f"only sensor faults ({', '.join(SENSOR_FAULTS)}) take a signal"
             )
+
+
+def _check_serial(scn: Scenario, errors: ConfigErrors) -> None:
+    """The serial transport's settings: present when it is chosen, absent otherwise."""
+    mb = scn.modbus
+    if mb.transport == "serial":
+        if mb.serial_port is None:
+            errors.add(
+                "modbus.serial_port",
+                "transport serial needs serial_port, the device to serve on "
+                "(e.g. /dev/ttyUSB0, or one end of a socat pty pair)",
+            )
+        if mb.tls is not None:
+            errors.add(
+                "modbus.tls",
+                "Modbus/TCP Security runs over TCP, not a serial line; remove tls or the "
+                "serial transport",
+            )
+        return
+    for name in SERIAL_SETTINGS:
+        if name in mb.model_fields_set:
+            errors.add(
+                f"modbus.{name}",
+                f"only transport serial uses {name} (transport is {mb.transport!r}); "
+                f"add transport: serial or remove {name}",
+            )
+
+
+def _check_logins(opc: OpcUaSpec, errors: ConfigErrors) -> None:
+    """Someone can log in; ``user_certificates`` are files, with a policy to sign the login."""
+    if not opc.enabled:
+        return
+    if not (opc.allow_anonymous or opc.users or opc.user_certificates):
+        errors.add(
+            "opcua.users", "anonymous access is off and no user is defined: nobody could log in"
+        )
+    for i, cert in enumerate(opc.user_certificates):
+        if not cert.is_file():
+            errors.add(
+                f"opcua.user_certificates[{i}]",
+                f"{str(cert)!r} is not a file (give the path of a user's certificate, DER or PEM)",
+            )
+    if opc.user_certificates and all(name == "None" for name in opc.security):
+        errors.add(
+            "opcua.user_certificates",
+            "a user certificate login is signed with a policy: add one other than None to"
+            " opcua.security, e.g. Basic256Sha256_SignAndEncrypt",
+        )
 
 
 def check_scenario(scn: Scenario, source: str) -> None:
