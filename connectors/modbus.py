@@ -35,6 +35,7 @@ from pymodbus.client import (
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
+from connectors import modbus_pdu
 from connectors.base import DeviceConfig, Ticker
 from connectors.codec import Codec, RegisterType, WordOrder
 from connectors.health import Backoff, DeviceHealth
@@ -258,6 +259,7 @@ class ModbusConnector:
         if self._client is not None:
             self._client.close()
         self._client = self._make_client()
+        modbus_pdu.register(self._client)  # one struct call per response, not one a register
         self._open_error = ""
         try:
             ok = await asyncio.wait_for(self._client.connect(), self.config.timeout_s)
