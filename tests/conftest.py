@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
+from simulators.engine import Plant
+from simulators.modbus_server import ModbusSimServer
 from simulators.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 SIM = [sys.executable, "-m", "simulators.cli"]
+
+
+async def wait_for(cond: Callable[[], Any], timeout_s: float, step_s: float = 0.02) -> float:
+    """Seconds until ``cond()`` is truthy; fails after ``timeout_s``."""
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(step_s)
+    return time.monotonic() - t0
+
+
+async def serve_modbus(scn: Scenario) -> tuple[Plant, ModbusSimServer]:
+    """The scenario's plant, one tick in, served by a started Modbus simulator."""
+    plant = Plant(scn)
+    server = ModbusSimServer(plant, scn.modbus)
+    await server.start()
+    plant.step()
+    await server.publish(plant)
+    return plant, server
 
 
 def free_port() -> int:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import yaml
 from simulators.agentconfig import device_section
 from simulators.scenario import Scenario
 from tests.conftest import free_port, start_sim, wait_banner
+from tests.conftest import wait_for as shared_wait_for
 from tests.integration.conftest import start_server, victoria  # noqa: F401 (fixtures)
 
 MACHINES = 200  # 100 conveyors + 100 compressors; Modbus unit ids 1..200
@@ -88,10 +87,5 @@ def agent_config(
 
 
 async def wait_for(cond: Callable[[], Any], timeout_s: float, step_s: float = 0.1) -> float:
-    """Seconds until ``cond()`` is truthy; fails after ``timeout_s``."""
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout_s:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(step_s)
-    return time.monotonic() - t0
+    """:func:`tests.conftest.wait_for`, polling every 0.1 s (the conditions here query servers)."""
+    return await shared_wait_for(cond, timeout_s, step_s)

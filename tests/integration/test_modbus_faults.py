@@ -14,6 +14,7 @@ from connectors.types import Reading
 from simulators.engine import Plant
 from simulators.modbus_server import ModbusSimServer
 from simulators.scenario import Scenario
+from tests.conftest import wait_for
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration
@@ -48,16 +49,6 @@ async def sim() -> AsyncIterator[tuple[Plant, ModbusSimServer]]:
     stop.set()
     await ticking
     await server.stop()
-
-
-async def wait_for(cond: Any, timeout_s: float, step_s: float = 0.02) -> float:
-    """Seconds until ``cond()`` holds; fails after ``timeout_s``."""
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout_s:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(step_s)
-    return time.monotonic() - t0
 
 
 async def test_silent_cut_detected_within_3s_and_data_back_within_5s(

@@ -29,7 +29,7 @@ from simulators.engine import Plant
 from simulators.modbus_server import ModbusSimServer, ServerStartError
 from simulators.models import MODELS
 from simulators.scenario import Scenario, load_scenario
-from tests.conftest import CONFIGS, ROOT, SIM, start_sim, wait_banner
+from tests.conftest import CONFIGS, ROOT, SIM, serve_modbus, start_sim, wait_banner, wait_for
 from tests.serialline import SerialLine, SerialLineError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -75,15 +75,6 @@ def config(scn: Scenario, line: SerialLine, **extra: Any) -> dict[str, Any]:
             "timeout_s": 2.0, **extra}  # fmt: skip
 
 
-async def serve(scn: Scenario) -> tuple[Plant, ModbusSimServer]:
-    plant = Plant(scn)
-    server = ModbusSimServer(plant, scn.modbus)
-    await server.start()
-    plant.step()
-    await server.publish(plant)
-    return plant, server
-
-
 def assert_matches(plant: Plant, got: dict[str, dict[str, Any]], machines: set[str]) -> None:
     assert set(got) == machines
     for m in plant.machines:
@@ -95,19 +86,9 @@ def assert_matches(plant: Plant, got: dict[str, dict[str, Any]], machines: set[s
             assert math.isclose(got[m.name][s.name], v, rel_tol=1e-6, abs_tol=1e-6), s.name
 
 
-async def wait_for(cond: Any, timeout_s: float, step_s: float = 0.02) -> float:
-    """Seconds until ``cond()`` holds; fails after ``timeout_s``."""
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout_s:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(step_s)
-    return time.monotonic() - t0
-
-
 async def test_serial_rtu_reads_every_unit_on_the_line(line: SerialLine) -> None:
     scn = scenario(line)
-    plant, server = await serve(scn)
+    plant, server = await serve_modbus(scn)
     conn = ModbusConnector(ModbusConfig.model_validate(config(scn, line)))
     try:
         assert "serial" in server.describe() and str(line.sim) in server.describe()
@@ -132,7 +113,7 @@ async def test_a_silent_unit_times_out_and_the_others_still_answer(line: SerialL
     # serial line nobody answers either (no gateway to say exception 11)
     scn = scenario(line, faults=[{"machine": "pump-01", "type": "comm_loss", "start": 0,
                                   "duration": "1h"}], duration="2h")  # fmt: skip
-    plant, server = await serve(scn)
+    plant, server = await serve_modbus(scn)
     dev = config(scn, line, timeout_s=0.5)
     ghost = {**dev["machines"][0], "name": "ghost-01", "unit_id": 40}
     cfg = ModbusConfig.model_validate({**dev, "machines": [*dev["machines"], ghost]})
@@ -155,7 +136,7 @@ async def test_a_silent_unit_times_out_and_the_others_still_answer(line: SerialL
 
 async def test_line_gone_device_down_then_back_with_a_new_line(line: SerialLine) -> None:
     scn = scenario(line)
-    plant, server = await serve(scn)
+    plant, server = await serve_modbus(scn)
     cfg = ModbusConfig.model_validate(config(scn, line, interval_s=0.2, timeout_s=0.5,
                                              backoff_initial_s=0.2, backoff_max_s=1.0))  # fmt: skip
     conn = ModbusConnector(cfg)

@@ -12,9 +12,9 @@ import yaml
 from connectors.modbus import ModbusConfig, ModbusConnector
 from simulators.agentconfig import device_section
 from simulators.engine import Plant
-from simulators.modbus_server import ModbusSimServer
 from simulators.scenario import Scenario
 from tests.certs import make_pki
+from tests.conftest import serve_modbus
 
 pytestmark = pytest.mark.integration
 
@@ -25,15 +25,6 @@ def scenario(modbus: dict[str, Any]) -> Scenario:
         "modbus": {"port": 0, **modbus},
         "machines": [{"name": "cnc-01", "kind": "cnc"}, {"name": "pump-01", "kind": "compressor"}],
     })  # fmt: skip
-
-
-async def serve(scn: Scenario) -> tuple[Plant, ModbusSimServer]:
-    plant = Plant(scn)
-    server = ModbusSimServer(plant, scn.modbus)
-    await server.start()
-    plant.step()
-    await server.publish(plant)
-    return plant, server
 
 
 def config(scn: Scenario, port: int, **extra: Any) -> ModbusConfig:
@@ -65,7 +56,7 @@ def pki(tmp_path: Path) -> Any:
 
 async def test_rtu_frames_over_tcp() -> None:
     scn = scenario({"transport": "rtu_over_tcp"})
-    plant, server = await serve(scn)
+    plant, server = await serve_modbus(scn)
     try:
         assert_matches(plant, await read_all(config(scn, server.port, transport="rtu_over_tcp")))
         # The same port spoken with MBAP framing gets nothing sensible back.
@@ -81,7 +72,7 @@ async def test_tls_with_a_trusted_ca(pki: Any) -> None:
     ca, srv, _ = pki
     tls = {"certificate": srv.certificate, "private_key": srv.private_key}
     scn = scenario({"tls": tls})
-    plant, server = await serve(scn)
+    plant, server = await serve_modbus(scn)
     try:
         assert_matches(
             plant, await read_all(config(scn, server.port, tls={"ca_file": ca.certificate}))
@@ -94,7 +85,7 @@ async def test_tls_refuses_a_server_from_another_ca(pki: Any, tmp_path: Path) ->
     _, srv, _ = pki
     other_ca, _, _ = make_pki(tmp_path / "other", "someone else's CA")
     scn = scenario({"tls": {"certificate": srv.certificate, "private_key": srv.private_key}})
-    _, server = await serve(scn)
+    _, server = await serve_modbus(scn)
     try:
         conn = ModbusConnector(config(scn, server.port, tls={"ca_file": other_ca.certificate}))
         await conn.connect()
@@ -110,7 +101,7 @@ async def test_mutual_tls_needs_the_client_certificate(pki: Any) -> None:
     tls = {"certificate": srv.certificate, "private_key": srv.private_key,
            "client_ca": ca.certificate}  # fmt: skip
     scn = scenario({"tls": tls})
-    plant, server = await serve(scn)
+    plant, server = await serve_modbus(scn)
     try:
         with_cert = {"ca_file": ca.certificate, "cert_file": cli.certificate,
                      "key_file": cli.private_key}  # fmt: skip
