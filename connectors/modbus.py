@@ -106,7 +106,7 @@ class ModbusConfig(DeviceConfig):
     host: str | None = Field(None, description="TCP host (tcp, rtu_over_tcp)")
     port: int = Field(502, ge=1, le=65535, description="TCP port")
     serial_port: str | None = Field(None, description="serial device, e.g. /dev/ttyUSB0")
-    baudrate: int = Field(19200, gt=0, description="serial speed")
+    baudrate: int = Field(19200, gt=0, le=12_000_000, description="serial speed (bits/s)")
     parity: Literal["N", "E", "O"] = Field("E", description="serial parity")
     tls: TlsConfig | None = Field(None, description="Modbus/TCP Security (port 802)")
     word_order: WordOrder = Field("ABCD", description="default byte/word order of the device")

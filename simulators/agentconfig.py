@@ -12,7 +12,7 @@ import json
 from simulators.models import MODELS
 from simulators.opcua_server import node_id
 from simulators.registermap import RegisterMap
-from simulators.scenario import Scenario
+from simulators.scenario import ModbusSpec, Scenario
 
 
 def _q(text: str) -> str:
@@ -56,14 +56,35 @@ def opcua_devices(scn: Scenario) -> list[str]:
     return out
 
 
+def _modbus_link(mb: ModbusSpec) -> list[str]:
+    """How the agent reaches the simulator: TCP (with TLS or RTU framing) or a serial line."""
+    if mb.transport == "serial":
+        return [
+            "    transport: serial",
+            f"    serial_port: {_q(str(mb.serial_port))}   # the agent's end of the line "
+            "(on a socat pty pair: the other end)",
+            f"    baudrate: {mb.baudrate}",
+            f"    parity: {mb.parity}",
+        ]
+    out = [f"    host: {_q(mb.host)}", f"    port: {mb.port}"]
+    if mb.transport == "rtu_over_tcp":
+        out.append("    transport: rtu_over_tcp")
+    if mb.tls is not None:
+        out += [
+            "    tls:",
+            f"      ca_file: {_q(str(mb.tls.certificate))}   # the CA that signed the server's "
+            "certificate (this file if it is self-signed)",
+        ]
+        if mb.tls.client_ca is not None:
+            out.append("      # the server wants a client certificate: add cert_file and key_file")
+    return out
+
+
 def modbus_devices(scn: Scenario) -> list[str]:
     mb = scn.modbus
     units = scn.unit_ids()
-    out = [
-        f"  - name: {_q(scn.name + '-modbus')}",
-        "    type: modbus",
-        f"    host: {_q(mb.host)}",
-        f"    port: {mb.port}",
+    out = [f"  - name: {_q(scn.name + '-modbus')}", "    type: modbus", *_modbus_link(mb)]
+    out += [
         f"    word_order: {mb.word_order}   # float32 values, {mb.word_order} (see README)",
         "    address_base: 0",
         "    machines:",

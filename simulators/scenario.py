@@ -138,7 +138,7 @@ class ModbusSpec(_Strict):
     serial_port: str | None = Field(
         None, min_length=1, description="serial device to serve on (serial), e.g. /dev/ttyUSB0"
     )
-    baudrate: int = Field(19200, gt=0, description="serial speed (serial)")
+    baudrate: int = Field(19200, gt=0, le=12_000_000, description="serial speed (serial)")
     parity: Literal["N", "E", "O"] = Field("E", description="serial parity (serial)")
 
 

@@ -70,9 +70,10 @@ def scenario(line: SerialLine, **extra: Any) -> Scenario:
 def config(scn: Scenario, line: SerialLine, **extra: Any) -> dict[str, Any]:
     """The agent's device entry: print-config's register map, on the agent's end of the line."""
     (dev,) = yaml.safe_load(device_section(scn, "modbus"))["devices"]
-    del dev["host"], dev["port"]
-    return {**dev, "transport": "serial", "serial_port": str(line.agent), **LINE,
-            "timeout_s": 2.0, **extra}  # fmt: skip
+    # print-config names the simulator's end of the line and its settings
+    assert (dev["transport"], dev["serial_port"]) == ("serial", str(line.sim))
+    assert {k: dev[k] for k in LINE} == LINE and "host" not in dev
+    return {**dev, "serial_port": str(line.agent), "timeout_s": 2.0, **extra}
 
 
 def assert_matches(plant: Plant, got: dict[str, dict[str, Any]], machines: set[str]) -> None:
@@ -274,7 +275,10 @@ def test_factory_sim_banner_and_agent_once_over_serial(
     signals = sum(len(MODELS[m.kind].signals) for m in demo.machines)
     assert (f"  modbus: serial {line.sim} (19200 baud, 8N1, RTU), unit ids 1..5 (5 machines), "
             f"word order ABCD, {signals} signals\n") in banner  # fmt: skip
-    dev = config(demo, line, name="line-rs485")
+    serial = demo.modbus.model_copy(
+        update={"transport": "serial", "serial_port": str(line.sim), **LINE}
+    )
+    dev = config(demo.model_copy(update={"modbus": serial}), line, name="line-rs485")
     cfg = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
     cfg["devices"] = [dev]
     path = tmp_path / "agent.yaml"

@@ -58,9 +58,11 @@ async def test_rtu_frames_over_tcp() -> None:
     scn = scenario({"transport": "rtu_over_tcp"})
     plant, server = await serve_modbus(scn)
     try:
-        assert_matches(plant, await read_all(config(scn, server.port, transport="rtu_over_tcp")))
+        cfg = config(scn, server.port)  # print-config says rtu_over_tcp itself
+        assert cfg.transport == "rtu_over_tcp"
+        assert_matches(plant, await read_all(cfg))
         # The same port spoken with MBAP framing gets nothing sensible back.
-        conn = ModbusConnector(config(scn, server.port, timeout_s=0.5))
+        conn = ModbusConnector(config(scn, server.port, timeout_s=0.5, transport="tcp"))
         await conn.connect()
         assert await conn.poll(1) == []
         await conn.close()
@@ -74,6 +76,8 @@ async def test_tls_with_a_trusted_ca(pki: Any) -> None:
     scn = scenario({"tls": tls})
     plant, server = await serve_modbus(scn)
     try:
+        (dev,) = yaml.safe_load(device_section(scn, "modbus"))["devices"]
+        assert dev["tls"] == {"ca_file": str(srv.certificate)}  # print-config's placeholder
         assert_matches(
             plant, await read_all(config(scn, server.port, tls={"ca_file": ca.certificate}))
         )
