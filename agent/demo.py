@@ -142,7 +142,7 @@ async def run_demo(
             out.write(("\x1b[H\x1b[2J" if tty else "\n") + text + "\n")
             out.flush()
             if duration_s is not None and time.monotonic() - began >= duration_s:
-                agent.request_stop()
+                break  # the last frame shown is a live one, not one of the agent stopping
     finally:
         agent.request_stop()
         with contextlib.suppress(Exception):
