@@ -12,7 +12,7 @@ import json
 from simulators.models import MODELS
 from simulators.opcua_server import node_id
 from simulators.registermap import RegisterMap
-from simulators.scenario import ModbusSpec, Scenario
+from simulators.scenario import ModbusSpec, OpcUaSpec, Scenario
 
 
 def _q(text: str) -> str:
@@ -22,6 +22,23 @@ def _q(text: str) -> str:
 
 def _tags(scn: Scenario, line: str) -> str:
     return f"{{site: {_q(scn.site)}, line: {_q(line)}}}"
+
+
+def _opcua_login(o: OpcUaSpec) -> list[str]:
+    """The login: none when anonymous is allowed, else the first user, else a certificate."""
+    if o.allow_anonymous:
+        return []
+    if o.users:
+        user = o.users[0]
+        secret = (f"    password_env: {_q(user.password_env)}" if user.password_env
+                  else f"    password_file: {_q(str(user.password_file))}")  # fmt: skip
+        return [f"    username: {_q(user.name)}   # anonymous access is off", secret]
+    return [
+        "    # anonymous access is off: log in with a certificate the simulator trusts",
+        *(f"    #   {path}" for path in o.user_certificates),
+        "    # user_certificate: ...",
+        "    # user_private_key: ...",
+    ]
 
 
 def opcua_devices(scn: Scenario) -> list[str]:
@@ -39,6 +56,7 @@ def opcua_devices(scn: Scenario) -> list[str]:
         f"    endpoint: {_q(f'opc.tcp://{o.host}:{o.port}')}",
         f"    # the simulator offers: {offered}",
         *security,
+        *_opcua_login(scn.opcua),
         "    machines:",
     ]
     for m in scn.machines:

@@ -444,10 +444,11 @@ async def secure(
             yield both
 
 
-def login(plant: Plant, server: OpcUaSimServer, pki: Path, **overrides: Any) -> OpcUaConfig:
-    cfg = device(plant.scenario, server.endpoint, pki, mode="poll", username="operator",
-                 password_env=PASSWORD_ENV, **overrides)  # fmt: skip
+def login(plant: Plant, server: OpcUaSimServer, pki: Path) -> OpcUaConfig:
+    """print-config's device: policy, mode and the login (anonymous is off) come from it."""
+    cfg = device(plant.scenario, server.endpoint, pki, mode="poll")
     assert (cfg.security_policy, cfg.security_mode) == ("Basic256Sha256", "SignAndEncrypt")
+    assert (cfg.username, cfg.password_env) == ("operator", PASSWORD_ENV)
     return cfg
 
 

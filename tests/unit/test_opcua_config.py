@@ -31,7 +31,7 @@ from connectors.types import Quality, QualityLevel
 from connectors.validation import validate_model
 from simulators.agentconfig import device_section
 from simulators.opcua_security import generate_certificate
-from simulators.scenario import load_scenario
+from simulators.scenario import Scenario, load_scenario
 from tests.conftest import CONFIGS
 
 HINT = (
@@ -313,3 +313,41 @@ def test_unknown_server_certificate_is_saved_and_trusted_once_moved(tmp_path: Pa
     assert f"move that file into {trusted}/ (mv {rejected} {trusted}/)" in str(err.value)
     rejected.rename(trusted / "plc.der")
     assert check_server_certificate(cfg, cert.read_bytes()).subject.rfc4514_string()
+
+
+def test_print_config_writes_the_login_when_anonymous_is_off(tmp_path: Path) -> None:
+    base = load_scenario(CONFIGS / "scenarios" / "demo.yaml").model_dump()
+
+    def printed(**opcua: Any) -> dict[str, Any]:
+        data = {**base, "opcua": {**base["opcua"], **opcua}}
+        (dev,) = yaml.safe_load(device_section(Scenario.model_validate(data), "opcua"))["devices"]
+        return dict(dev)
+
+    anonymous = printed()
+    assert "username" not in anonymous and "password_env" not in anonymous
+    by_env = printed(allow_anonymous=False)
+    assert (by_env["username"], by_env["password_env"]) == (
+        "operator",
+        "FACTORY_SIM_OPERATOR_PASSWORD",
+    )
+    OpcUaConfig.model_validate(by_env)  # a device the agent accepts as it is
+    secret = tmp_path / "pw"
+    by_file = printed(allow_anonymous=False, users=[{"name": "qa", "password_file": str(secret)}])
+    assert (by_file["username"], by_file["password_file"]) == ("qa", str(secret))
+    cert = tmp_path / "user.der"
+    text = device_section(
+        Scenario.model_validate(
+            {
+                **base,
+                "opcua": {
+                    **base["opcua"],
+                    "allow_anonymous": False,
+                    "users": [],
+                    "security": ["Basic256Sha256_SignAndEncrypt"],
+                    "user_certificates": [str(cert)],
+                },
+            }
+        ),
+        "opcua",
+    )
+    assert f"#   {cert}" in text and "# user_certificate: ..." in text
