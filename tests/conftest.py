@@ -8,13 +8,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
+from connectors.base import Connector
+from connectors.types import Reading
 from simulators.engine import Plant
 from simulators.modbus_server import ModbusSimServer
 from simulators.scenario import Scenario
@@ -32,6 +35,25 @@ async def wait_for(cond: Callable[[], Any], timeout_s: float, step_s: float = 0.
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(step_s)
     return time.monotonic() - t0
+
+
+@asynccontextmanager
+async def consuming(conn: Connector) -> AsyncIterator[list[tuple[float, Reading]]]:
+    """Connect ``conn`` and collect its readings, each with its arrival (monotonic) time, in a
+    task; on exit close the connector and wait for the task."""
+    got: list[tuple[float, Reading]] = []
+
+    async def consume() -> None:
+        async for r in conn.readings():
+            got.append((time.monotonic(), r))
+
+    await conn.connect()
+    task = asyncio.create_task(consume())
+    try:
+        yield got
+    finally:
+        await conn.close()
+        await asyncio.wait_for(task, 5)
 
 
 async def serve_modbus(scn: Scenario) -> tuple[Plant, ModbusSimServer]:

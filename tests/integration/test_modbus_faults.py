@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 
 from connectors.modbus import ModbusConfig, ModbusConnector
-from connectors.types import Reading
 from simulators.engine import Plant
 from simulators.modbus_server import ModbusSimServer
 from simulators.scenario import Scenario
-from tests.conftest import wait_for
+from tests.conftest import consuming, wait_for
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration
@@ -57,31 +56,22 @@ async def test_silent_cut_detected_within_3s_and_data_back_within_5s(
     _, server = sim
     proxy = await FaultProxy("127.0.0.1", server.port).start()
     conn = ModbusConnector(device("plc", proxy.port, 1, interval_s=0.5, timeout_s=1.0))
-    got: list[tuple[float, Reading]] = []
-
-    async def consume() -> None:
-        async for r in conn.readings():
-            got.append((time.monotonic(), r))
-
-    await conn.connect()
-    task = asyncio.create_task(consume())
     try:
-        await wait_for(lambda: len(got) >= 3 and conn.health.connected, 10)
-        proxy.cut()
-        detected = await wait_for(lambda: not conn.health.connected, 5)
-        assert detected <= 3.0, f"cut detected after {detected:.1f} s"
-        await asyncio.sleep(10.0 - detected)
-        before = len(got)
-        proxy.restore()
-        back = await wait_for(lambda: len(got) > before, 10)
-        assert back <= 5.0, f"data flowed again {back:.1f} s after the link returned"
-        assert conn.health.connected
-        assert conn.health.reconnects == 1
-        # The gap is counted, not hidden: 10 s at 0.5 s is 20 polls that brought nothing.
-        assert conn.health.failed_polls + conn.health.missed_polls >= 15
+        async with consuming(conn) as got:
+            await wait_for(lambda: len(got) >= 3 and conn.health.connected, 10)
+            proxy.cut()
+            detected = await wait_for(lambda: not conn.health.connected, 5)
+            assert detected <= 3.0, f"cut detected after {detected:.1f} s"
+            await asyncio.sleep(10.0 - detected)
+            before = len(got)
+            proxy.restore()
+            back = await wait_for(lambda: len(got) > before, 10)
+            assert back <= 5.0, f"data flowed again {back:.1f} s after the link returned"
+            assert conn.health.connected
+            assert conn.health.reconnects == 1
+            # The gap is counted, not hidden: 10 s at 0.5 s is 20 polls that brought nothing.
+            assert conn.health.failed_polls + conn.health.missed_polls >= 15
     finally:
-        await conn.close()
-        await asyncio.wait_for(task, 5)
         await proxy.stop()
 
 
@@ -89,24 +79,15 @@ async def test_connection_reset_recovers(sim: tuple[Plant, ModbusSimServer]) -> 
     _, server = sim
     proxy = await FaultProxy("127.0.0.1", server.port).start()
     conn = ModbusConnector(device("plc", proxy.port, 2, interval_s=0.2, timeout_s=1.0))
-    got: list[Reading] = []
-
-    async def consume() -> None:
-        async for r in conn.readings():
-            got.append(r)
-
-    await conn.connect()
-    task = asyncio.create_task(consume())
     try:
-        await wait_for(lambda: len(got) >= 2, 10)
-        proxy.reset()
-        before = len(got)
-        back = await wait_for(lambda: len(got) > before + 2, 10)
-        assert back < 5.0
-        assert proxy.connections >= 2  # it really reconnected
+        async with consuming(conn) as got:
+            await wait_for(lambda: len(got) >= 2, 10)
+            proxy.reset()
+            before = len(got)
+            back = await wait_for(lambda: len(got) > before + 2, 10)
+            assert back < 5.0
+            assert proxy.connections >= 2  # it really reconnected
     finally:
-        await conn.close()
-        await asyncio.wait_for(task, 5)
         await proxy.stop()
 
 

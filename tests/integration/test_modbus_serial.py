@@ -7,7 +7,6 @@ one line, a silent unit, the line going away and coming back, and ``factory-sim 
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import signal
@@ -23,13 +22,21 @@ import structlog.testing
 import yaml
 
 from connectors.modbus import ModbusConfig, ModbusConnector
-from connectors.types import Reading
 from simulators.agentconfig import device_section
 from simulators.engine import Plant
 from simulators.modbus_server import ModbusSimServer, ServerStartError
 from simulators.models import MODELS
 from simulators.scenario import Scenario, load_scenario
-from tests.conftest import CONFIGS, ROOT, SIM, serve_modbus, start_sim, wait_banner, wait_for
+from tests.conftest import (
+    CONFIGS,
+    ROOT,
+    SIM,
+    consuming,
+    serve_modbus,
+    start_sim,
+    wait_banner,
+    wait_for,
+)
 from tests.serialline import SerialLine, SerialLineError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -141,44 +148,35 @@ async def test_line_gone_device_down_then_back_with_a_new_line(line: SerialLine)
     cfg = ModbusConfig.model_validate(config(scn, line, interval_s=0.2, timeout_s=0.5,
                                              backoff_initial_s=0.2, backoff_max_s=1.0))  # fmt: skip
     conn = ModbusConnector(cfg)
-    got: list[tuple[float, Reading]] = []
-
-    async def consume() -> None:
-        async for r in conn.readings():
-            got.append((time.monotonic(), r))
-
-    await conn.connect()
-    task = asyncio.create_task(consume())
     try:
-        await wait_for(lambda: len(got) >= 6 and conn.health.connected, 5)
-        line.cut()
-        cut_at = time.monotonic()
-        assert not line.sim.exists() and not line.agent.exists()
-        await wait_for(lambda: not conn.health.connected, 3)
-        assert conn.health.consecutive_failures >= 1
-        failed_before = conn.health.failed_polls
-        # a poll in flight at the cut has timed out by quiet_from; nothing comes after that
-        quiet_from = cut_at + 2 * cfg.timeout_s
-        await wait_for(lambda: conn.health.failed_polls >= failed_before + 2
-                       and time.monotonic() > quiet_from + 0.5, 4)  # fmt: skip
-        assert [r for t, r in got if t > quiet_from] == []
-        assert not conn.health.connected
-        # the same paths come back behind a new socat: both ends reopen by themselves
-        plant.step()
-        await server.publish(plant)
-        line.start()
-        back_at = time.monotonic()
-        await wait_for(lambda: conn.health.connected and got[-1][0] > back_at, 8)
-        assert conn.health.reconnects == 1
-        await wait_for(lambda: len({r.machine for t, r in got if t > back_at}) == 3, 3)
-        after = {}
-        for t, r in got:
-            if t > back_at:
-                after.setdefault(r.machine, dict(r.fields))
-        assert_matches(plant, after, {"cnc-01", "pump-01", "belt-01"})
+        async with consuming(conn) as got:
+            await wait_for(lambda: len(got) >= 6 and conn.health.connected, 5)
+            line.cut()
+            cut_at = time.monotonic()
+            assert not line.sim.exists() and not line.agent.exists()
+            await wait_for(lambda: not conn.health.connected, 3)
+            assert conn.health.consecutive_failures >= 1
+            failed_before = conn.health.failed_polls
+            # a poll in flight at the cut has timed out by quiet_from; nothing comes after that
+            quiet_from = cut_at + 2 * cfg.timeout_s
+            await wait_for(lambda: conn.health.failed_polls >= failed_before + 2
+                           and time.monotonic() > quiet_from + 0.5, 4)  # fmt: skip
+            assert [r for t, r in got if t > quiet_from] == []
+            assert not conn.health.connected
+            # the same paths come back behind a new socat: both ends reopen by themselves
+            plant.step()
+            await server.publish(plant)
+            line.start()
+            back_at = time.monotonic()
+            await wait_for(lambda: conn.health.connected and got[-1][0] > back_at, 8)
+            assert conn.health.reconnects == 1
+            await wait_for(lambda: len({r.machine for t, r in got if t > back_at}) == 3, 3)
+            after = {}
+            for t, r in got:
+                if t > back_at:
+                    after.setdefault(r.machine, dict(r.fields))
+            assert_matches(plant, after, {"cnc-01", "pump-01", "belt-01"})
     finally:
-        await conn.close()
-        await asyncio.wait_for(task, 5)
         await server.stop()
 
 
