@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent.config import AgentConfig, load_config
+from agent.deflate import gunzip
 from agent.forwarder import Forwarder
 from agent.runtime import Agent
 from agent.sinks.base import Sink
@@ -145,9 +146,17 @@ class TimedSink:
         self.name = inner.name
         self.probe = probe
 
+    @property
+    def gzip_spool(self) -> bool:
+        return bool(getattr(self.inner, "gzip_spool", False))
+
     async def write(self, lines: bytes) -> None:
         await self.inner.write(lines)
         self.probe.delivered(lines)
+
+    async def write_gzip(self, body: bytes) -> None:
+        await self.inner.write_gzip(body)  # type: ignore[attr-defined]
+        self.probe.delivered(gunzip(body))  # ~1 ms for 5,000 8-float points: the probe's cost
 
     async def close(self) -> None:
         await self.inner.close()
@@ -157,8 +166,12 @@ class NullSink:
     """Accepts every batch at once: the agent's own cost, without HTTP or a server."""
 
     name = "null"
+    gzip_spool = True  # as the InfluxDB sinks at the default gzip level
 
     async def write(self, lines: bytes) -> None:
+        return None
+
+    async def write_gzip(self, body: bytes) -> None:
         return None
 
     async def close(self) -> None:

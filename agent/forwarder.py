@@ -1,8 +1,11 @@
 """The forwarder: one per sink, it delivers the sink's spool (Telegraf's RunningOutput).
 
 A batch is taken from the spool when it holds ``batch_points`` (5,000) or when its oldest row
-is ``batch_interval_s`` (1 s) old, written with :meth:`Sink.write <agent.sinks.base.Sink.write>`
-(the sink compresses), and deleted from the spool only after the sink accepted it. Delivery is
+is ``batch_interval_s`` (1 s) old, written, and deleted from the spool only after the sink
+accepted it. A sink that takes gzip at level 1 (``gzip_spool``) gets the spool's compressed rows
+joined into one gzip body (:meth:`Sink.write_gzip <agent.sinks.base.Sink.write_gzip>`: nothing
+compressed twice); any other gets the lines (:meth:`Sink.write <agent.sinks.base.Sink.write>`),
+as does every retry of a refused batch below. Delivery is
 at least once: a batch interrupted mid-way is sent again, which InfluxDB absorbs (a point with
 the same series and timestamp overwrites itself).
 
@@ -17,7 +20,9 @@ connection error       (``backoff_min_s`` .. ``backoff_max_s``: 0.5 .. 5 s, so a
 413                    split the batch in halves by lines and send each, down to one line; later
                        batches are capped at the size that went through
 400, 422               the server refuses the lines: they go to the dead-letter file (JSON lines:
-                       time, sink, status, reason, lines) beside the spool, and are acked
+                       time, sink, status, reason, lines) beside the spool, and are acked. A
+                       gzip body is first sent again as lines without any row that fails its
+                       CRC-32 (such rows are counted in ``recovered_loss`` and logged)
 401, 403, other        configuration (token, grants, bucket): keep the data, log an error once
 non-retryable          per episode (``sink_unauthorized`` / ``sink_misconfigured``) and retry
                        slowly (``config_backoff_s`` .. ``config_backoff_max_s``)
@@ -36,6 +41,7 @@ import random
 import statistics
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -211,7 +217,7 @@ class Forwarder:
         if self._attempts:
             self.stats.retried += 1
         try:
-            await self._send(batch.payload, batch.n_points)
+            await self._send_batch(batch)
         except SinkError as exc:
             return self._failed(exc)
         except Exception as exc:  # a bug in a sink must not stop the delivery for good
@@ -233,6 +239,40 @@ class Forwarder:
         self.stats.failing = False
         return 0.0
 
+    async def _send_batch(self, batch: Batch) -> None:
+        """Write a batch: as one gzip body when the sink takes it, else (or if refused) as lines."""
+        sink = self.sink
+        write_gzip: Callable[[bytes], Awaitable[None]] | None = (
+            getattr(sink, "write_gzip", None) if getattr(sink, "gzip_spool", False) else None
+        )
+        if write_gzip is not None:
+            start = time.perf_counter()
+            try:
+                await write_gzip(batch.gzip_body())
+            except SinkError as exc:
+                self.stats.failed_writes += 1
+                if exc.status != 413 and exc.status not in REJECTED:
+                    raise
+            else:
+                self._written(start, batch.n_points)
+                return
+        payload, n_points, damaged = batch.text()
+        if damaged:
+            self.spool.stats.recovered_loss += batch.n_points - n_points
+            self._log.error(
+                "spool_rows_damaged", rows=list(damaged), lost_points=batch.n_points - n_points,
+                reason="a stored row does not match its CRC-32",
+            )  # fmt: skip
+        if n_points:
+            await self._send(payload, n_points)
+
+    def _written(self, start: float, n_points: int) -> None:
+        latency = time.perf_counter() - start
+        self.stats.last_latency_s = latency
+        self._latencies.append(latency)
+        self.stats.written_points += n_points
+        self.stats.written_batches += 1
+
     async def _send(self, payload: bytes, n_points: int) -> None:
         """Write ``payload``: split on 413, dead-letter on 400/422, raise on anything else."""
         start = time.perf_counter()
@@ -249,11 +289,7 @@ class Forwarder:
                 self._reject(payload, n_points, exc)
                 return
             raise
-        latency = time.perf_counter() - start
-        self.stats.last_latency_s = latency
-        self._latencies.append(latency)
-        self.stats.written_points += n_points
-        self.stats.written_batches += 1
+        self._written(start, n_points)
 
     async def _split(self, lines: list[bytes]) -> None:
         self.stats.split_batches += 1

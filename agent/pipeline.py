@@ -3,8 +3,9 @@
 One task per device under a supervisor: a device that fails is restarted on its own and never
 stops the others. Readings are stamped at acquisition (the connector uses the source timestamp
 when the device gives one), pass the analytics hook, are encoded to line protocol and buffered
-in memory for at most ``flush_s`` (100 ms), then appended to every sink's spool: only then do
-they count as collected. Each sink's forwarder delivers from its own spool independently.
+in memory for at most ``flush_s`` (100 ms), then compressed once and appended to every sink's
+spool: only then do they count as collected. Each sink's forwarder delivers from its own spool
+independently.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from agent.deflate import deflate
 from agent.lineprotocol import Encoder
 from connectors.base import Connector, ConnectorError
 from connectors.types import Reading
@@ -123,10 +125,10 @@ class Pipeline:
         self._emitted = []
         if not parts:
             return 0
-        payload = b"\n".join(parts)
         t0 = time.perf_counter()
+        chunk = deflate(b"\n".join(parts))  # compressed once for every spool
         for spool in self.spools:
-            spool.append(payload, n)
+            spool.append(chunk, n)
         self.stats.last_flush_s = time.perf_counter() - t0
         self.stats.points_spooled += n
         self.stats.flushes += 1

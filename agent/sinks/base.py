@@ -55,3 +55,16 @@ class Sink(Protocol):
 
     async def close(self) -> None:
         """Release connections; no write follows."""
+
+
+class GzipSink(Sink, Protocol):
+    """A sink that also takes a body gzipped already: the spool's rows, compressed once.
+
+    The forwarder uses :meth:`write_gzip` when ``gzip_spool`` is true (the sink's gzip level
+    is the spool's, 1), else :meth:`Sink.write`.
+    """
+
+    gzip_spool: bool
+
+    async def write_gzip(self, body: bytes) -> None:
+        """Send one gzip member of newline-terminated line protocol; raise :class:`SinkError`."""

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from agent.config import AgentConfig
+from agent.deflate import Chunk, inflate
 from agent.runtime import Agent
 from connectors.types import Reading
 from tests.conftest import ROOT
@@ -126,13 +127,14 @@ async def test_outage_every_reading_exactly_once_and_fast_drain(
 
 
 def spooled_lines(path: Path) -> list[bytes]:
-    """Every line the spool file holds (table and columns of agent/spool.py)."""
+    """Every line the spool file holds (table and columns of agent/spool.py; rows compressed)."""
     db = sqlite3.connect(path)
     try:
-        payloads = [p for (p,) in db.execute("SELECT payload FROM batches ORDER BY id")]
+        rows = db.execute("SELECT payload, crc, text_bytes FROM batches ORDER BY id").fetchall()
     finally:
         db.close()
-    return [line for p in payloads for line in bytes(p).split(b"\n") if line]
+    texts = [inflate(Chunk(bytes(data), crc, size)) for data, crc, size in rows]
+    return [line for text in texts for line in text.split(b"\n") if line]
 
 
 def machine_key(line: bytes) -> tuple[str, int] | None:

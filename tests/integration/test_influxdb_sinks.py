@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from agent.deflate import deflate, gzip_body
 from agent.sinks.base import SinkError
 from agent.sinks.influxdb import (
     InfluxV1Config,
@@ -66,11 +67,23 @@ async def failure(coro: Any) -> SinkError:
 # --- InfluxDB 1.x --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("gzip_level", [1, 0])
+async def send(sink: Any, lines: list[str], how: str) -> None:
+    """As the forwarder does: lines gzipped by the sink, plain, or spool rows in one gzip body.
+
+    ``rows``: each line compressed on its own (as the spool stores an append) and the chunks
+    joined into one gzip member, as :meth:`Batch.gzip_body` does.
+    """
+    if how == "rows":
+        await sink.write_gzip(gzip_body([deflate(line.encode()) for line in lines]))
+    else:
+        await sink.write("\n".join(lines).encode())
+
+
+@pytest.mark.parametrize(("how", "gzip_level"), [("gzip", 1), ("plain", 0), ("rows", 1)])
 async def test_v1_batch_reads_back_exactly(
-    influxdb1: InfluxDB1, sinks: list[Any], gzip_level: int
+    influxdb1: InfluxDB1, sinks: list[Any], how: str, gzip_level: int
 ) -> None:
-    db = f"roundtrip{gzip_level}"
+    db = f"roundtrip_{how}"
     influxdb1.create_database(db)
     sink = v1(influxdb1.url, db, gzip_level=gzip_level)
     sinks.append(sink)
@@ -80,7 +93,7 @@ async def test_v1_batch_reads_back_exactly(
         f'cnc,machine=cnc-01,line=line\\ 1 spindle_rpm=11999.25,state="cut, 2",run=true {T0 + 7}',
         f"press,machine=p-1 force_kn=-12.5 {T0 + 999_999_999}",
     ]
-    await sink.write("\n".join(lines).encode())
+    await send(sink, lines, how)
 
     rows = influxdb1.query("SELECT * FROM cnc", db=db)
     assert rows == [
@@ -240,20 +253,20 @@ async def test_v1_stopped_paused_and_restarted_server(
 # --- v2 write API: VictoriaMetrics --------------------------------------------------------
 
 
-@pytest.mark.parametrize("gzip_level", [1, 0])
+@pytest.mark.parametrize(("how", "gzip_level"), [("gzip", 1), ("plain", 0), ("rows", 1)])
 async def test_v2_batch_exports_back_equal(
-    victoria: VictoriaMetrics, sinks: list[Any], gzip_level: int
+    victoria: VictoriaMetrics, sinks: list[Any], how: str, gzip_level: int
 ) -> None:
     sink = v2(victoria.url, token=SECRET, gzip_level=gzip_level)
     sinks.append(sink)
     now_ms = time.time_ns() // 1_000_000  # inside the retention; VictoriaMetrics keeps ms
-    m = f"press{gzip_level}"
+    m = f"press_{how}"
     lines = [
         f"{m},machine=p-1,line=line\\ 1 force_kn=12.5,stroke_mm=-3.25,cycles=7i {now_ms * 10**6}",
         f"{m},machine=p-1,line=line\\ 1 force_kn=13,stroke_mm=0,cycles=8i {(now_ms + 1) * 10**6}",
         f"{m},machine=p-2,line=line\\ 2 force_kn=0.5 {(now_ms + 1000) * 10**6 + 999_999}",
     ]
-    await sink.write("\n".join(lines).encode())
+    await send(sink, lines, how)
 
     series = victoria.export(f'{{__name__=~"{m}_.*"}}', min_samples=7)
     assert series == [

@@ -8,6 +8,7 @@ forwarder's reactions can be checked exactly and fast.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import random
 import time
@@ -56,6 +57,29 @@ class ScriptedSink:
 
     def accepted_lines(self) -> list[bytes]:
         return [line for body in self.accepted for line in body.split(b"\n")]
+
+
+class GzipSink(ScriptedSink):
+    """Takes the spool's rows as one gzip body (as the InfluxDB sinks at gzip level 1)."""
+
+    gzip_spool = True
+
+    def __init__(self, gzip_script: list[Outcome] = (), **kw: Any) -> None:
+        super().__init__(**kw)
+        self.gzip_script = list(gzip_script)
+        self.gzip_writes: list[bytes] = []  # decompressed: every body is checked to be gzip
+
+    async def write_gzip(self, body: bytes) -> None:
+        try:
+            text = gzip.decompress(body)
+        except (OSError, EOFError) as exc:  # as a real server answers a body it cannot read
+            raise SinkError(f"gzip: {exc}", status=400) from None
+        assert text.endswith(b"\n")
+        self.gzip_writes.append(text)
+        outcome = self.gzip_script.pop(0) if self.gzip_script else None
+        if outcome is not None:
+            raise outcome
+        self.accepted.append(text[:-1])
 
 
 def lines(row: int, n: int) -> list[bytes]:
@@ -139,6 +163,42 @@ async def test_a_sink_bug_is_logged_once_and_retried(spool: Spool) -> None:
     events = [e["event"] for e in logs]
     assert events == ["sink_write_crashed", "sink_write_failed", "sink_recovered"]
     assert logs[0]["exc_info"] is True and "RuntimeError: boom" in logs[1]["reason"]
+
+
+# -- gzip bodies from the spool's rows --------------------------------------------------------
+async def test_a_gzip_sink_gets_the_rows_as_one_body_per_batch(spool: Spool) -> None:
+    sent = fill(spool, 7)
+    sink = GzipSink()
+    fwd = forwarder(spool, sink, batch_points=30)
+    await run_until(fwd, lambda: spool.stats.points == 0)
+    assert [t.count(b"\n") for t in sink.gzip_writes] == [30, 30, 10]
+    assert sink.accepted_lines() == sent and sink.writes == []  # never as lines
+    assert (fwd.stats.written_points, fwd.stats.written_batches) == (70, 3)
+
+
+@pytest.mark.parametrize("status", [400, 413])
+async def test_a_refused_gzip_body_is_sent_again_as_lines(spool: Spool, status: int) -> None:
+    sent = fill(spool, 3)
+    sink = GzipSink([error(status)])  # e.g. a server that cannot read this gzip
+    fwd = forwarder(spool, sink)
+    await run_until(fwd, lambda: spool.stats.points == 0)
+    assert len(sink.gzip_writes) == 1 and len(sink.writes) == 1
+    assert sink.accepted_lines() == sent and fwd.stats.rejected_points == 0
+    assert (fwd.stats.failed_writes, fwd.stats.written_points) == (1, 30)
+
+
+async def test_a_damaged_row_is_skipped_counted_and_the_rest_delivered(spool: Spool) -> None:
+    sent = fill(spool, 3)
+    spool._db.execute("UPDATE batches SET crc = crc + 1 WHERE id = 2")  # bit rot (the spool
+    sink = GzipSink()  # holds the file's lock: changed through its own connection)
+    fwd = forwarder(spool, sink)
+    with structlog.testing.capture_logs() as logs:
+        await run_until(fwd, lambda: spool.stats.points == 0)
+    assert sink.gzip_writes == [] and len(sink.writes) == 1  # the body was refused (its CRC)
+    assert sink.accepted_lines() == sent[:10] + sent[20:]
+    assert spool.stats.recovered_loss == 10 and fwd.stats.written_points == 20
+    (event,) = [e for e in logs if e["event"] == "spool_rows_damaged"]
+    assert event["rows"] == [2] and event["lost_points"] == 10
 
 
 # -- 413 --------------------------------------------------------------------------------------

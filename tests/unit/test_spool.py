@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import random
 import signal
 import sqlite3
+import string
 import subprocess
 import sys
 import time
@@ -14,15 +16,26 @@ from pathlib import Path
 import pytest
 import structlog
 
+from agent.deflate import ChunkError, deflate
 from agent.spool import Spool, SpoolError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def payload(i: int, n_points: int = 10, width: int = 0) -> bytes:
-    """``n_points`` lines tagged with the row number ``i`` (padded to ``width`` bytes a line)."""
-    lines = [f'm,row={i:04d} n={j}i,pad="{"x" * width}" 1{i:04d}' for j in range(n_points)]
+    """``n_points`` lines tagged with the row number ``i`` (padded to ``width`` bytes a line).
+
+    The padding is random letters, so that rows stay about that large once compressed.
+    """
+    rng = random.Random(i)
+    pads = ["".join(rng.choices(string.ascii_letters, k=width)) for _ in range(n_points)]
+    lines = [f'm,row={i:04d} n={j}i,pad="{pads[j]}" 1{i:04d}' for j in range(n_points)]
     return "\n".join(lines).encode()
+
+
+def stored(i: int, n_points: int = 10, width: int = 0) -> int:
+    """Bytes the spool stores (and budgets) for ``payload(i, ...)``: compressed."""
+    return len(deflate(payload(i, n_points, width)).data)
 
 
 def rows_of(batch_payload: bytes) -> list[int]:
@@ -49,7 +62,7 @@ def test_peek_merges_oldest_rows_and_ack_removes_them(spool: Spool) -> None:
     assert batch is not None
     assert rows_of(batch.payload) == [0, 1, 2]  # a fourth row would pass 35 points
     assert batch.n_points == 30 and batch.payload.count(b"\n") == 29
-    assert batch.n_bytes == sum(len(payload(i)) for i in range(3))
+    assert batch.n_bytes == sum(stored(i) for i in range(3))
     assert spool.peek(max_points=35) == batch  # peek does not consume
     assert spool.ack(batch) == 30
     assert spool.ack(batch) == 0  # acking twice removes nothing more
@@ -72,8 +85,7 @@ def test_newest_first(spool: Spool) -> None:
 def test_peek_respects_max_bytes(spool: Spool) -> None:
     for i in range(5):
         spool.append(payload(i), 10)
-    size = len(payload(0))
-    batch = spool.peek(max_bytes=2 * size + 1)
+    batch = spool.peek(max_bytes=stored(0) + stored(1) + 1)
     assert batch is not None and rows_of(batch.payload) == [0, 1]
 
 
@@ -108,20 +120,20 @@ def test_a_second_process_cannot_open_a_spool_in_use(tmp_path: Path) -> None:
 
 # -- budget -----------------------------------------------------------------------------------
 def test_budget_drops_the_oldest_and_counts_exactly_what_is_missing(tmp_path: Path) -> None:
-    size = len(payload(0, width=40))
+    size = stored(0, width=40)
     spool = Spool(tmp_path / "s.db", max_bytes=10 * size + size // 2)
     with structlog.testing.capture_logs() as logs:
         for i in range(40):
             spool.append(payload(i, width=40), 10)
     s = spool.stats
-    assert (s.rows, s.bytes) == (10, 10 * size)
+    assert (s.rows, s.bytes) == (10, sum(stored(i, width=40) for i in range(30, 40)))
     held = []
     while (batch := spool.peek(max_points=25)) is not None:
         held += rows_of(batch.payload)
         spool.ack(batch)
     assert held == list(range(30, 40))  # the newest survive, in order
     assert s.dropped_points == 40 * 10 - len(held) * 10 == s.appended_points - s.acked_points
-    assert s.dropped_bytes == 30 * size
+    assert s.dropped_bytes == sum(stored(i, width=40) for i in range(30))
     events = [e["event"] for e in logs]
     assert events == ["spool_overflowed"]  # once for the whole episode, not per row
     with structlog.testing.capture_logs() as logs:
@@ -133,7 +145,7 @@ def test_budget_drops_the_oldest_and_counts_exactly_what_is_missing(tmp_path: Pa
 
 
 def test_budget_episode_end_is_logged_with_totals(tmp_path: Path) -> None:
-    size = len(payload(0))
+    size = stored(0)
     spool = Spool(tmp_path / "s.db", max_bytes=3 * size)
     with structlog.testing.capture_logs() as logs:
         for i in range(6):
@@ -141,12 +153,12 @@ def test_budget_episode_end_is_logged_with_totals(tmp_path: Path) -> None:
         while (batch := spool.peek()) is not None:
             spool.ack(batch)
     assert [e["event"] for e in logs] == ["spool_overflowed", "spool_overflow_ended"]
-    assert logs[1]["dropped_points"] == 30 and logs[1]["dropped_bytes"] == 3 * size
+    assert logs[1]["dropped_points"] == 30
+    assert logs[1]["dropped_bytes"] == sum(stored(i) for i in range(3))
 
 
 def test_rows_being_delivered_are_not_dropped(tmp_path: Path) -> None:
-    size = len(payload(0))
-    spool = Spool(tmp_path / "s.db", max_bytes=4 * size)
+    spool = Spool(tmp_path / "s.db", max_bytes=4 * stored(0))
     for i in range(4):
         spool.append(payload(i), 10)
     batch = spool.peek(max_points=20)  # rows 0 and 1 are in flight
@@ -159,8 +171,8 @@ def test_rows_being_delivered_are_not_dropped(tmp_path: Path) -> None:
 
 
 def test_a_payload_larger_than_the_budget_is_dropped_and_counted(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "s.db", max_bytes=100)
-    assert spool.append(payload(0), 10) is None
+    spool = Spool(tmp_path / "s.db", max_bytes=100)  # compressed, the payload is ~1.4 kB
+    assert spool.append(payload(0, width=200), 10) is None
     assert (spool.stats.dropped_points, spool.stats.rows) == (10, 0)
 
 
@@ -169,7 +181,7 @@ def test_a_lowered_budget_applies_at_open(tmp_path: Path) -> None:
     for i in range(10):
         spool.append(payload(i), 10)
     spool.close()
-    smaller = Spool(tmp_path / "s.db", max_bytes=4 * len(payload(0)))
+    smaller = Spool(tmp_path / "s.db", max_bytes=4 * stored(0))
     assert (smaller.stats.rows, smaller.stats.dropped_points) == (4, 60)
 
 
@@ -196,7 +208,7 @@ def _fill_and_close(path: Path, rows: int, width: int = 300) -> int:
     for i in range(rows):
         spool.append(payload(i, n_points=4, width=width), 4)
     spool.close()
-    return len(payload(0, n_points=4, width=width))
+    return stored(0, n_points=4, width=width)
 
 
 def test_a_bad_page_loses_only_its_rows_and_the_loss_is_counted(tmp_path: Path) -> None:
@@ -261,6 +273,106 @@ def test_not_a_spool_is_moved_aside(tmp_path: Path) -> None:
     db.close()
     spool = Spool(path)
     assert spool.stats.rows == 0 and len(_damaged(tmp_path)) == 1
+
+
+# -- the stored format -------------------------------------------------------------------------
+def test_rows_are_stored_compressed_with_their_checksum(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    for i in range(3):
+        spool.append(payload(i), 10)
+    spool.append(deflate(payload(3)), 10)  # compressed by the caller: stored as is
+    assert spool.stats.bytes == sum(stored(i) for i in range(4))
+    assert spool.stats.bytes < sum(len(payload(i)) for i in range(4)) / 3  # repetitive lines
+    batch = spool.peek()
+    assert batch is not None
+    assert batch.payload == b"\n".join(payload(i) for i in range(4))
+    assert gzip.decompress(batch.gzip_body()) == batch.payload + b"\n"
+    assert batch.points == (10, 10, 10, 10)
+
+
+def _legacy_spool(path: Path, rows: range) -> None:
+    """A spool as agents before the compressed format wrote it: five columns, plain lines."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(
+        "CREATE TABLE batches (id INTEGER PRIMARY KEY AUTOINCREMENT, created_ns INTEGER NOT NULL,"
+        " n_points INTEGER NOT NULL, n_bytes INTEGER NOT NULL, payload BLOB NOT NULL)"
+    )
+    for i in rows:
+        db.execute(
+            "INSERT INTO batches (created_ns, n_points, n_bytes, payload) VALUES (?, 10, ?, ?)",
+            (time.time_ns(), len(payload(i)), payload(i)),
+        )
+    db.close()
+
+
+def test_a_spool_of_the_previous_format_is_delivered_after_an_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    _legacy_spool(path, range(3))
+    spool = Spool(path)  # the columns are added; the plain rows stay as they are
+    assert (spool.stats.rows, spool.stats.points) == (3, 30)
+    assert not _damaged(tmp_path)
+    spool.append(payload(3), 10)  # a new row, compressed, after the old ones
+    batch = spool.peek()
+    assert batch is not None and rows_of(batch.payload) == [0, 1, 2, 3]
+    assert gzip.decompress(batch.gzip_body()) == batch.payload + b"\n"
+    spool.ack(batch)
+    spool.close()
+    assert Spool(path).stats.rows == 0
+
+
+def test_a_damaged_spool_of_the_previous_format_is_salvaged(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    _legacy_spool(path, range(200))
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    spool = Spool(path)
+    assert 0 < spool.stats.rows < 200 and len(_damaged(tmp_path)) == 1
+    batch = spool.peek(max_points=10_000)
+    assert batch is not None
+    got = rows_of(batch.payload)  # the plain rows that could be read, in order
+    assert got == sorted(got) and len(got) == spool.stats.rows and set(got) <= set(range(200))
+
+
+def _corrupt_row(path: Path, row_id: int) -> None:
+    """Flip a byte inside one stored row's compressed payload, as bit rot would."""
+    db = sqlite3.connect(path, isolation_level=None)
+    (data,) = db.execute("SELECT payload FROM batches WHERE id = ?", (row_id,)).fetchone()
+    data = bytearray(data)
+    data[len(data) // 2] ^= 0x10
+    db.execute("UPDATE batches SET payload = ? WHERE id = ?", (bytes(data), row_id))
+    db.close()
+
+
+def test_a_row_failing_its_checksum_is_found_and_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    spool = Spool(path)
+    for i in range(4):
+        spool.append(payload(i, width=30), 10)
+    spool.close()
+    _corrupt_row(path, 2)
+    spool = Spool(path)  # SQLite sees nothing wrong: the row is found when read
+    batch = spool.peek()
+    assert batch is not None and batch.ids == (1, 2, 3, 4)
+    text, points, damaged = batch.text()
+    assert damaged == (2,) and points == 30
+    assert rows_of(text) == [0, 2, 3]  # row numbers are 0-based, ids 1-based
+    with pytest.raises(ChunkError):
+        _ = batch.payload
+
+
+def test_salvage_keeps_no_row_that_fails_its_checksum(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    _fill_and_close(path, 200)
+    _corrupt_row(path, 7)
+    with path.open("r+b") as f:  # and damage the file, so that it is salvaged
+        f.truncate(path.stat().st_size * 3 // 4)
+    spool = Spool(path)
+    batch = spool.peek(max_points=10_000)
+    assert batch is not None
+    got = rows_of(batch.payload)  # inflates every row: none is damaged
+    assert 6 not in got and got[:6] == [0, 1, 2, 3, 4, 5]
+    assert spool.stats.salvaged_points == 4 * len(got)
 
 
 # -- SIGKILL ----------------------------------------------------------------------------------
