@@ -436,3 +436,160 @@ def test_encode_many_is_encode_line_by_line(use_orjson: bool) -> None:
     assert many.encode_many(readings) == expected  # caches warm: the batched path
     counters = ("points", "skipped_nonfinite", "skipped_empty", "skipped_invalid")
     assert [getattr(many, c) for c in counters] == [2 * getattr(one, c) for c in counters]
+
+
+# -- encode_many: the whole-batch path --------------------------------------------------------
+SIGNALS = ["spindle_speed", "load_%", "bearing_temp", "vibration", "flow{1}", "débit"]
+ODD_NAMES = ["a b", "x:y", "q,1", "", "100%"]  # not plain (formatted with %r), empty
+
+
+def _careful_counts(enc: Encoder, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record, for each encode_many call, how many of its readings it left to encode() (the
+    others were formatted together)."""
+    counts: list[int] = []
+    encode_many, encode = enc.encode_many, enc.encode
+
+    def many(readings: Any) -> bytes:
+        counts.append(0)
+        return encode_many(readings)
+
+    def one(reading: Reading) -> bytes | None:
+        counts[-1] += 1
+        return encode(reading)
+
+    monkeypatch.setattr(enc, "encode_many", many)
+    monkeypatch.setattr(enc, "encode", one)
+    return counts
+
+
+def _random_batch(rng: random.Random, shared: list[dict[str, str]]) -> list[Reading]:
+    """Mostly what connectors send (one machine, 5 tags, float fields); sometimes anything."""
+    kind = rng.choice(["common", "common", "common", "one odd", "machines", "anything"])
+    n = rng.choice([1, 2, 3, 10, 50])
+    machine = rng.choice(["cnc-01", "cnc-02", "press 7"])
+    device = rng.choice(["plc-1", "plc 50%"])
+    names = rng.sample(SIGNALS, rng.randint(1, len(SIGNALS)))
+    grid = rng.random() < 0.5
+
+    def value(odd: bool) -> Any:
+        if not odd:
+            x = rng.uniform(-1e3, 1e3)
+            return round(x, 2) if grid else x
+        return rng.choice(
+            [1e16, 1.5e-7, -0.0, 5e-324, 1e308, -1e308, math.nan, math.inf, -math.inf, 7, True,
+             "auto", None, np.float64(2.5), 2**64]
+        )  # fmt: skip
+
+    readings = []
+    for i in range(n):
+        odd = kind == "anything" or (kind == "one odd" and i == n // 2)
+        m = rng.choice(["cnc-01", "cnc-02", "press 7"]) if kind != "common" else machine
+        tags = {"site": "plant-a", "line": "line-1", "machine": m, "device": device}
+        if kind == "machines" and i % 2:
+            del tags["machine"]  # the machine tag comes from the reading
+        if odd and rng.random() < 0.5:
+            tags = rng.choice(shared)  # reused, and mutated between batches
+        elif odd:
+            tags = {rng.choice(["line", "b,c=d e", "site"]): rng.choice(["", "x", "a b"])}
+        own = names
+        if odd and rng.random() < 0.5:
+            own = rng.sample(SIGNALS + ODD_NAMES, rng.randint(0, 4))
+        fields = {name: value(odd and rng.random() < 0.3) for name in own}
+        quality = {own[0]: Quality.bad(1, "x")} if odd and own and rng.random() < 0.2 else {}
+        ts = T0 + i * 100_000_000
+        if odd and rng.random() < 0.1:
+            ts = rng.choice([2**64 + i, 2**63, -5, 0])  # beyond orjson's 64 bits, edges
+        readings.append(Reading(m, ts, fields, tags, quality))
+    return readings
+
+
+@pytest.mark.parametrize("use_orjson", ORJSON)
+@pytest.mark.parametrize("precision", ["ns", "ms"])
+@pytest.mark.parametrize("cache_max", [lineprotocol.CACHE_MAX, 3])
+def test_encode_many_is_encode_on_random_batches(
+    use_orjson: bool, precision: Any, cache_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lineprotocol, "CACHE_MAX", cache_max)  # 3: caches cleared all along
+    rng = random.Random(11)
+    one = Encoder(precision=precision, use_orjson=use_orjson, log_interval_s=300)
+    many = Encoder(precision=precision, use_orjson=use_orjson, log_interval_s=300)
+    careful = _careful_counts(many, monkeypatch)
+    shared = [{"site": "plant-a", "machine": "cnc-01"}, {"line": "l1"}]
+    counters = ("points", "skipped_nonfinite", "skipped_empty", "skipped_invalid")
+    readings = 0
+    for _ in range(400):
+        batch = _random_batch(rng, shared)
+        readings += len(batch)
+        with structlog.testing.capture_logs() as logs_one:
+            expected = b"\n".join(line for r in batch if (line := one.encode(r)) is not None)
+        with structlog.testing.capture_logs() as logs_many:
+            assert many.encode_many(batch) == expected
+        assert [getattr(many, c) for c in counters] == [getattr(one, c) for c in counters]
+        assert logs_many == logs_one
+        assert len(many._head_cache) <= cache_max
+        shared[0]["site"] = rng.choice(["plant-a", "plant-b", "a b"])  # a stale prefix shows
+        shared[1][rng.choice(["line", "device"])] = rng.choice(["l1", "l2", ""])
+    # most batches formatted whole; the others reading by reading, but not all of them
+    whole = careful.count(0)
+    assert 0.4 * len(careful) < whole < len(careful) if use_orjson else whole == 0
+    assert sum(careful) < readings / 4 if use_orjson else sum(careful) == readings
+
+
+def _common(n: int, **fields: Any) -> list[Reading]:
+    tags = {"site": "plant-a", "line": "line-1", "machine": "cnc-01", "device": "plc-1"}
+    return [
+        Reading("cnc-01", T0 + i, {"a": 1.5 + i, "b": -0.25, **fields}, dict(tags))
+        for i in range(n)
+    ]
+
+
+@pytest.mark.skipif(lineprotocol._ORJSON_DUMPS is None, reason="orjson not installed")
+@pytest.mark.parametrize(
+    ("batch", "careful_count"),
+    [
+        (_common(50), 0),
+        (_common(3, c=1e16, d=1.5e-7, e=-0.0, f=5e-324), 0),
+        # other machines, another tag order, other fields: a template per reading
+        ([*_common(2), reading({"b": 2.0, "a": 1.0}), reading({"x": 1.0}, machine="m2")], 0),
+        ([*_common(2), reading({"a": 1.0}, tags={"line": "l2"})], 0),
+        ([*_common(2), Reading("cnc-01", T0, {"b": 1.0, "a": 2.0}, _common(1)[0].tags)], 0),
+        ([reading({"a": 1.0}, machine="m1"), reading({"a": 2.0}, machine="m 2")], 0),
+        ([reading({"load_%": 1.0}, tags={"x": "50%"}) for _ in range(3)], 0),
+        # timestamps written with %d, as encode() does, whatever they are
+        ([*_common(2), reading({"a": 1.0}, time_ns=2**64)], 0),
+        ([*_common(2), reading({"a": 1.0}, time_ns=float(T0))], 0),  # type: ignore[arg-type]
+        # off the fast path: left to encode(), alone
+        ([*_common(2), reading({"a": math.nan}), *_common(2)], 1),
+        ([*_common(2), reading({"a": 1}), reading({"a": True})], 2),
+        ([*_common(2), reading({"a": np.float64(1.0)})], 1),
+        ([reading({"a": 1.0}, quality={"a": GOOD}), *_common(2)], 1),
+        ([*_common(2), reading({"a b": 1.0})], 1),  # not plain: %r formatting in encode()
+        ([*_common(2), reading({}), *_common(1)], 1),
+        # encode() sends a reading whose sum overflows down its careful path (repr: 1.5e-07)
+        ([reading({"a": -1e308, "b": 0.0}), reading({"a": 1e308, "b": 1e308, "c": 1.5e-7})], 1),
+        ([reading({"a": 1e300}) for _ in range(3)], 0),
+    ],
+)  # fmt: skip
+def test_encode_many_leaves_to_encode_only_readings_off_its_fast_path(
+    batch: list[Reading], careful_count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, many = Encoder(), Encoder()
+    careful = _careful_counts(many, monkeypatch)
+    expected = b"\n".join(line for r in batch if (line := one.encode(r)) is not None)
+    with structlog.testing.capture_logs():
+        assert many.encode_many(iter(batch)) == expected
+    assert careful == [careful_count]
+    assert many.points == one.points
+
+
+def test_encode_many_sees_a_tag_dict_changed_between_calls() -> None:
+    tags = {"site": "plant-a", "line": "line-1"}
+    enc = Encoder()
+    first = enc.encode_many([Reading("m1", T0 + i, {"x": 1.0}, tags) for i in range(3)])
+    tags["site"] = "plant-b"
+    second = enc.encode_many([Reading("m1", T0 + i, {"x": 1.0}, tags) for i in range(3)])
+    del tags["line"]
+    third = enc.encode_many([Reading("m1", T0, {"x": 1.0}, tags)])
+    assert [parse(line)[1]["site"] for line in first.split(b"\n")] == ["plant-a"] * 3
+    assert [parse(line)[1]["site"] for line in second.split(b"\n")] == ["plant-b"] * 3
+    assert parse(third)[1] == {"site": "plant-b", "machine": "m1"}
