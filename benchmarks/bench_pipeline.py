@@ -17,7 +17,9 @@ runs, in µs per reading:
   write and ack of 5,000-point batches (``Forwarder.drain``), fsync ``interval``: to a sink
   that does nothing (but takes the gzip body, as the InfluxDB sinks do at gzip level 1), and
   (unless ``--no-http``) through ``InfluxV2Sink`` (influxdb-client, HTTP) into a
-  VictoriaMetrics started for the run (tests/servers.py), every point delivered.
+  VictoriaMetrics started for the run (tests/servers.py), every point delivered, with 50 and
+  with 200 readings an append (a plant of 500 or 2,000 readings/s flushing every 100 ms: the
+  per-append cost is shared by more readings at the higher rate).
 
 Target (issue: spool + encode + write): <= 3 µs CPU per reading of ~8 float fields: the last
 line, the real write included. The server's CPU is not counted (another process).
@@ -51,7 +53,8 @@ SIGNALS = [
 ]  # fmt: skip
 TAGS = {"site": "plant-a", "line": "line-1", "machine": "cnc-01", "device": "plc-1",
         "protocol": "opcua"}  # fmt: skip
-FLUSH = 50  # readings per spool append
+FLUSH = 50  # readings per spool append: a 100 ms flush of a 500 readings/s plant
+FLUSH_FAST = 200  # ... of 2,000 readings/s (the issue's outage test): fewer, larger appends
 BATCH = 5000  # points per write
 TARGET_US = 3.0
 
@@ -72,17 +75,19 @@ class NullSink:
         pass
 
 
-def make_chunks(n: int, *, noisy: bool, seed: int = 1) -> Iterator[list[Reading]]:
-    """``n`` readings 100 ms apart, 50 at a time, each with a fresh tag dict as connectors make.
+def make_chunks(
+    n: int, *, noisy: bool, seed: int = 1, flush: int = FLUSH
+) -> Iterator[list[Reading]]:
+    """``n`` readings 100 ms apart, ``flush`` at a time, each with a fresh tag dict.
 
     Made just before they are timed, as in the agent (a reading is encoded right after it was
     read): encoding a list of 200k readings made beforehand measures cache misses instead.
     """
     rng = random.Random(seed)
     t0 = 1_767_600_000_000_000_000
-    for start in range(0, n, FLUSH):
+    for start in range(0, n, flush):
         chunk = []
-        for i in range(start, min(n, start + FLUSH)):
+        for i in range(start, min(n, start + flush)):
             values: dict[str, FieldValue] = {s: rng.uniform(0.0, 1000.0) for s in SIGNALS}
             if not noisy:
                 values = {s: round(float(v or 0), 2) for s, v in values.items()}
@@ -214,12 +219,14 @@ def run(args: argparse.Namespace, vm_url: str) -> int:
             ]
             name = f"whole path, {'encode_many' if many else 'encode'} (null sink)"
             report(name, runs_)
-        if vm_url:
+        for flush in (FLUSH, FLUSH_FAST) if vm_url else ():
             runs_ = [
-                asyncio.run(measure_pipeline(vm_sink(vm_url), make_chunks(n, noisy=noisy)))
+                asyncio.run(
+                    measure_pipeline(vm_sink(vm_url), make_chunks(n, noisy=noisy, flush=flush))
+                )
                 for _ in range(runs)
             ]
-            report("whole path into VictoriaMetrics (HTTP)", runs_)
+            report(f"whole path into VictoriaMetrics, {flush}/append", runs_)
     return 0
 
 
