@@ -80,7 +80,7 @@ _NEW_COLUMNS = {
     "text_bytes": "text_bytes INTEGER NOT NULL DEFAULT 0",
 }
 COLUMNS = [*LEGACY_COLUMNS, *_NEW_COLUMNS]
-PLAIN, DEFLATE = 0, 1  # codecs
+PLAIN = 0  # codec of rows stored as text (earlier versions); _INSERT stores codec 1, deflate
 _SCHEMA = f"""CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY AUTOINCREMENT, created_ns INTEGER NOT NULL,
     n_points INTEGER NOT NULL, n_bytes INTEGER NOT NULL, payload BLOB NOT NULL,

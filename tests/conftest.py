@@ -20,6 +20,7 @@ from connectors.base import Connector
 from connectors.types import Reading
 from simulators.engine import Plant
 from simulators.modbus_server import ModbusSimServer
+from simulators.opcua_server import OpcUaSimServer
 from simulators.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,17 @@ async def serve_modbus(scn: Scenario) -> tuple[Plant, ModbusSimServer]:
     plant.step()
     await server.publish(plant)
     return plant, server
+
+
+@asynccontextmanager
+async def serving_opcua(plant: Plant) -> AsyncIterator[OpcUaSimServer]:
+    """The plant served by a started OPC UA simulator on a free port, stopped afterwards."""
+    server = OpcUaSimServer(plant, port=0)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 def free_port() -> int:

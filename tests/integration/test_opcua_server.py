@@ -34,7 +34,7 @@ from simulators.opcua_security import (
 from simulators.opcua_server import OpcUaPortInUseError, OpcUaSimServer, node_id, node_path
 from simulators.scenario import Scenario
 from simulators.sensors import BAD_NO_COMMUNICATION, BAD_SENSOR_FAILURE
-from tests.conftest import make_scenario
+from tests.conftest import make_scenario, serving_opcua
 
 pytestmark = pytest.mark.integration
 
@@ -67,12 +67,8 @@ def plant_scenario(**opcua: Any) -> Scenario:
 async def served() -> AsyncIterator[tuple[Plant, OpcUaSimServer]]:
     """A plant served without security, anonymous, on a free port."""
     plant = Plant(plant_scenario(security=["None"]))
-    server = OpcUaSimServer(plant, port=0)
-    await server.start()
-    try:
+    async with serving_opcua(plant) as server:
         yield plant, server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

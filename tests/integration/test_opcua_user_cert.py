@@ -39,7 +39,7 @@ from simulators.engine import Plant
 from simulators.opcua_security import CERT_FILE, OpcUaSetupError
 from simulators.opcua_server import OpcUaSimServer
 from simulators.scenario import Scenario, load_scenario
-from tests.conftest import CONFIGS, ROOT, free_port, start_sim, wait_banner
+from tests.conftest import CONFIGS, ROOT, free_port, serving_opcua, start_sim, wait_banner
 
 pytestmark = pytest.mark.integration
 # One event loop for the module's async tests, so the simulator server (~2 s to start) is shared.
@@ -117,12 +117,8 @@ async def secure(
     with pytest.MonkeyPatch.context() as env:
         env.setenv(PASSWORD_ENV, "s3cret")  # the demo's password user, read at start
         plant = Plant(demo(**opcua))
-        server = OpcUaSimServer(plant, port=0)
-        await server.start()
-        try:
+        async with serving_opcua(plant) as server:
             yield plant, server
-        finally:
-            await server.stop()
 
 
 def trust_server(server_cert_dir: Path, pki: Path) -> Path:
