@@ -2,13 +2,15 @@
 
     .venv/bin/python benchmarks/bench_history.py [--runs 5] [--flushes 1200] [--machines 210]
         [--signals 50] [--max-mb 256] [--retention-h 72] [--commit-every-s S]
-        [--history-module FILE]
+        [--whole-prunes] [--history-module FILE]
 
 The load of ``factory-agent bench`` (Modbus, 210 machines × 50 float signals at 10 Hz): one
 ``History.add`` per 100 ms flush with one reading per machine (210 readings of 50 float32 values
 in 0..100, as Modbus registers decode them; acquisition times 100 ms apart per machine, the
-machines a little apart within a flush), and ``History.prune`` every 300 flushes (the agent's
-``prune_every_s`` of 30 s at 10 Hz). Each run first fills a new file to its budget (not timed)
+machines a little apart within a flush); the history prunes itself as in the agent (every
+``prune_every_s`` of 30 s, in steps, one more after each commit until done), or with
+``--whole-prunes`` the bench calls ``History.prune()`` every 300 flushes (30 s), all at once, as
+versions before the steps did. Each run first fills a new file to its budget (not timed)
 so the timed flushes see the agent's steady state: the file at ``max_bytes``, every prune
 dropping the oldest rows and new rows reusing the freed pages. With ``--retention-h`` shorter
 than the timed span (e.g. ``0.01`` = 36 s of readings) the age limit does the pruning instead.
@@ -19,7 +21,9 @@ versions without the parameter do) however fast the loop runs.
 
 Figures are process CPU time (``time.process_time``: SQLite, JSON and Python, WAL checkpoints
 included) of ``add`` and ``prune`` only, building the readings not counted, per reading and per
-value (one register value), median of the runs (min–max in brackets).
+value (one register value), median of the runs (min–max in brackets); and the longest time one
+flush spent in the history (wall: ``add``, and the bench's ``prune`` after it), which the
+agent's event loop waits for.
 
 ``--history-module FILE`` loads ``History`` from another copy of ``agent/history.py``, to compare
 with an older version in one series, e.g. ``git show HEAD~1:agent/history.py > /tmp/old.py``.
@@ -113,6 +117,7 @@ class Result:
     prune_s: float
     pruned: int
     size_mb: float
+    longest_ms: float
 
     @property
     def us_per_reading(self) -> float:
@@ -136,7 +141,8 @@ def run(cls: Any, workdir: Path, args: argparse.Namespace) -> Result:
     opts: dict[str, Any] = {
         "max_bytes": max_bytes,
         "retention_h": args.retention_h,
-        "prune_every_s": 1e12,  # pruned below, every PRUNE_EVERY flushes
+        # the agent's 30 s, or pruned below every PRUNE_EVERY flushes
+        "prune_every_s": 1e12 if args.whole_prunes else PRUNE_EVERY * FLUSH_NS / 1e9,
     }
     if "clock" in inspect.signature(cls).parameters:  # older versions commit every add
         opts["clock"] = clock  # commits every commit_every_s of simulated time
@@ -152,20 +158,26 @@ def run(cls: Any, workdir: Path, args: argparse.Namespace) -> Result:
         h.add(plant.flush(clock))
     h.prune()
     pruned0 = h.rows_pruned
-    add_s = prune_s = 0.0
+    add_s = prune_s = longest = 0.0
     clock_cpu = time.process_time
     for i in range(1, args.flushes + 1):
         batch = plant.flush(clock)
+        w0 = time.perf_counter()
         t0 = clock_cpu()
+        pruned_before = h.rows_pruned
         h.add(batch)
         t1 = clock_cpu()
-        add_s += t1 - t0
-        if i % PRUNE_EVERY == 0:
+        if h.rows_pruned != pruned_before:  # the history pruned a step itself
+            prune_s += t1 - t0
+        else:
+            add_s += t1 - t0
+        if args.whole_prunes and i % PRUNE_EVERY == 0:
             getattr(h, "commit", lambda: None)()  # prune() would: counted as inserting
             t2 = clock_cpu()
             add_s += t2 - t1
             h.prune()
             prune_s += clock_cpu() - t2
+        longest = max(longest, time.perf_counter() - w0)
     t0 = clock_cpu()
     getattr(h, "commit", lambda: None)()  # what still waits for its commit (the new version)
     add_s += clock_cpu() - t0
@@ -173,7 +185,7 @@ def run(cls: Any, workdir: Path, args: argparse.Namespace) -> Result:
     size = h.size_bytes() / (1 << 20)
     pruned = h.rows_pruned - pruned0
     h.close()
-    return Result(n, n * args.signals, add_s, prune_s, pruned, size)
+    return Result(n, n * args.signals, add_s, prune_s, pruned, size, longest * 1e3)
 
 
 def main() -> None:
@@ -190,14 +202,22 @@ def main() -> None:
         default=None,
         help="the history's commit_every_s (default: its own)",
     )
+    parser.add_argument(
+        "--whole-prunes", action="store_true", help="prune all at once every 30 s (old way)"
+    )
     parser.add_argument("--history-module", type=Path, default=None, metavar="FILE")
     args = parser.parse_args()
     if args.history_module is not None and not args.history_module.is_file():
         parser.error(f"--history-module {args.history_module}: no such file")
     cls = history_class(args.history_module)
     src = args.history_module or "agent/history.py"
+    how = (
+        f"whole prunes every {PRUNE_EVERY} flushes"
+        if args.whole_prunes
+        else "the history prunes itself (an add that pruned a step counts as pruning)"
+    )
     print(f"{src}: {args.machines} machines × {args.signals} float signals, one add per 100 ms "
-          f"flush, prune every {PRUNE_EVERY} flushes; max {args.max_mb:g} MB, retention "
+          f"flush, {how}; max {args.max_mb:g} MB, retention "
           f"{args.retention_h:g} h; {args.flushes} timed flushes per run")  # fmt: skip
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
@@ -206,7 +226,8 @@ def main() -> None:
             results.append(res)
             print(f"  run {r + 1}: {res.us_per_reading:7.2f} µs/reading "
                   f"({res.prune_us_per_reading:.2f} of it pruning), {res.us_per_value:.3f} "
-                  f"µs/value; {res.pruned:,} rows pruned, {res.size_mb:.1f} MB in use",
+                  f"µs/value; {res.pruned:,} rows pruned, {res.size_mb:.1f} MB in use; "
+                  f"longest flush in the history {res.longest_ms:.0f} ms",
                   flush=True)  # fmt: skip
 
     def fig(key: str, digits: int) -> str:
@@ -216,7 +237,8 @@ def main() -> None:
 
     print(f"median of {args.runs}: {fig('us_per_reading', 2)} µs CPU per reading, "
           f"{fig('us_per_value', 3)} µs per value; pruning {fig('prune_us_per_reading', 2)} "
-          "µs per reading of it")  # fmt: skip
+          f"µs per reading of it; longest flush in the history {fig('longest_ms', 0)} "
+          "ms")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import random
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 import agent.history
 from agent.history import History
 from connectors.types import Quality, Reading
@@ -211,6 +213,65 @@ def test_rows_wait_at_most_commit_every_s_for_other_readers(tmp_path: Path) -> N
     assert other.query("c", 0, 10 * SECOND) == [(6 * SECOND, {"v": 6.0}, {})]
     assert h.rows_added == 6 and len(rows_on_disk(path)) == 6
     other.close()
+
+
+def test_add_prunes_old_rows_in_steps_until_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each add deletes at most a step of rows (the loop waits for no whole prune); the steps
+    go on after each commit until the file holds what one whole prune would leave."""
+    monkeypatch.setattr(agent.history, "PRUNE_STEP_ROWS", 1000)
+    clock = Clock()
+    stepped = History(tmp_path / "s.db", retention_h=1.0, prune_every_s=30, clock=clock)
+    whole = History(tmp_path / "w.db", retention_h=1.0, prune_every_s=1e9)
+    stream = [reading(m, t * SECOND, v=float(t)) for t in range(3 * 3600) for m in ("a", "b")]
+    last = 3 * 3600 * SECOND
+    stream += [reading("a", last, v=0.0)] * 20  # the newest time, again: the cut stays put
+    steps = []
+    for k in range(0, len(stream), 200):  # 200 rows a second: a step of 1,000 catches up
+        clock.now += 1.0
+        before = stepped.rows_pruned
+        stepped.add(stream[k : k + 200])
+        steps.append(stepped.rows_pruned - before)
+    extra = [reading("b", last, v=1.0)]
+    clock.now += 30.0  # a prune is due: the steps then go on after each commit until done
+    while (len(extra) == 1 or stepped.prune_pending) and len(extra) < 40:  # a row a second
+        clock.now += 1.0
+        before = stepped.rows_pruned
+        stepped.add(extra[:1])
+        extra.append(extra[0])
+        steps.append(stepped.rows_pruned - before)
+    whole.add(stream + extra[1:])
+    assert whole.prune() == stepped.rows_pruned > 2 * 3600
+    assert max(steps) == 1000 and steps.count(1000) > 3  # in steps, each at most the limit
+    assert not stepped.prune_pending
+    stepped.close()
+    whole.close()
+    assert rows_on_disk(tmp_path / "s.db") == rows_on_disk(tmp_path / "w.db")
+
+
+def test_add_prunes_over_the_budget_in_steps_down_to_90_percent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent.history, "PRUNE_STEP_ROWS", 200)
+    clock = Clock()
+    h = History(tmp_path / "h.db", max_bytes=400_000, prune_every_s=30, clock=clock)
+    fields = {f"s{k}": 1234.5678901 + k for k in range(8)}
+    h.add(Reading("a", t, dict(fields)) for t in range(5000))  # far over the budget
+    used = h.size_bytes()
+    assert used > 500_000 and h.rows_pruned == 200  # the first add made one step
+    steps = []
+    for t in range(5000, 5060):  # a row a second: the steps catch up
+        clock.now += 1.0
+        before = h.rows_pruned
+        h.add([Reading("a", t, dict(fields))])
+        steps.append(h.rows_pruned - before)
+    assert max(steps) == 200 and steps.count(200) > 3
+    # down to about 90 % of the budget (pages free up only when emptied), not just under it
+    assert not h.prune_pending and h.size_bytes() <= 0.92 * 400_000
+    h.close()
+    kept = rows_on_disk(tmp_path / "h.db")
+    assert kept == [("a", t) for t in range(5060 - len(kept), 5060)]  # the oldest went
 
 
 def test_a_large_batch_is_committed_without_waiting(tmp_path: Path) -> None:
