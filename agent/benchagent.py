@@ -198,8 +198,8 @@ class BenchAgent(Agent):
         self.null_sink = null_sink
         self.probe = Probe(config.agent.measurement, count_values=null_sink)
 
-    def _build(self) -> None:
-        super()._build()
+    def _build(self, sinks: list[Sink]) -> None:
+        super()._build(sinks)
         cfg = self.config
         if self.null_sink:
             sink = NullSink()

@@ -86,6 +86,7 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
             sys.stderr.write(f"factory-agent: {problem}\n")
         return 2 if problems else 0
     from agent.runtime import Agent  # noqa: PLC0415
+    from agent.sinks.base import SinkError  # noqa: PLC0415
 
     async def main() -> None:
         agent = Agent(cfg, config_path=args.config)
@@ -96,6 +97,8 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
         asyncio.run(main())
     except OSError as exc:  # a port in use, a data dir we may not write
         raise UsageError(str(exc)) from None
+    except SinkError as exc:  # at start, before anything is read: a secret file
+        raise UsageError(f"{args.config}: {exc}") from None
     return 0
 
 
@@ -119,8 +122,12 @@ def cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
     scenario = load_scenario(args.scenario or DEMO_SCENARIO)
     cfg = load_config(args.config or DEMO_CONFIG, data_dir=args.data_dir)
     logs.configure(level="WARNING")  # the live view is the output
+    from agent.sinks.base import SinkError  # noqa: PLC0415
+
     try:
         return main_demo(scenario, cfg, args.duration)
+    except SinkError as exc:  # a secret file of a sink the config names
+        raise UsageError(str(exc)) from None
     except (ServerStartError, OpcUaSetupError, OSError) as exc:
         raise UsageError(f"{exc} (is another demo or simulator running?)") from None
 

@@ -84,8 +84,11 @@ async def check(cfg: AgentConfig, timeout_s: float = 10.0) -> list[tuple[str, bo
         return name, len(got) == len(machines), text
 
     async def sink(s: object) -> tuple[str, bool, str]:
-        snk = build_sink(s)  # type: ignore[arg-type]
-        name = f"sink {snk.name}"
+        name = f"sink {s.name}"  # type: ignore[attr-defined]
+        try:
+            snk = build_sink(s)  # type: ignore[arg-type]
+        except SinkError as exc:  # a secret file that cannot be read
+            return name, False, str(exc).removeprefix(f"{name}: ")
         try:
             text = await asyncio.wait_for(snk.check(), timeout_s)
             return name, True, str(text)

@@ -28,7 +28,7 @@ from agent.journal import Journal
 from agent.lineprotocol import Encoder
 from agent.monitor import Snapshot
 from agent.pipeline import AnalyticsHook, Pipeline, passthrough
-from agent.sinks.base import Sink
+from agent.sinks.base import Sink, SinkError
 from agent.sinks.influxdb import build_sink
 from agent.spool import Spool
 from agent.web import WebServer
@@ -84,11 +84,13 @@ class Agent:
             self.spools[name] = spool
         return spool
 
-    def _build(self) -> None:
+    def _build(self, sinks: list[Sink]) -> None:
+        """Connectors, forwarders and the pipeline of ``self.config``, with its ``sinks``
+        (built first, by :func:`build_sink`: it raises for a secret file it cannot read)."""
         cfg = self.config
         data_dir = cfg.agent.data_dir
         self.connectors = [build_connector(d, data_dir) for d in cfg.devices if d.enabled]
-        self.sinks = [build_sink(s) for s in cfg.sinks]
+        self.sinks = sinks
         spools = [self._spool(s.name) for s in self.sinks]
         self.forwarders = [
             Forwarder(self._spool(s.name), s, batch_points=cfg.spool.batch_points,
@@ -233,11 +235,12 @@ class Agent:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
     async def run(self, on_started: Callable[[Agent], None] | None = None) -> None:
+        sinks: list[Sink] = [build_sink(s) for s in self.config.sinks]  # SinkError: a secret file
         h = self.config.history
         if self.history is None and h.enabled:
             self.history = History(self.config.data_path("history.db"), max_bytes=h.max_bytes,
                                    retention_h=h.retention_h)  # fmt: skip
-        self._build()
+        self._build(sinks)
         assert self.pipeline is not None
         if self.config.http.enabled:
             self.web = WebServer(self.config, self.snapshot)
@@ -289,15 +292,19 @@ class Agent:
             return
         try:
             new = load_config(self.config_path, data_dir=self.config.agent.data_dir)
+            sinks: list[Sink] = [build_sink(s) for s in new.sinks]
         except ConfigErrors as exc:
             log.error("config_reload_failed", errors=exc.render())  # keep running as we are
+            return
+        except SinkError as exc:  # a secret file it cannot read: keep running as we are
+            log.error("config_reload_failed", errors=str(exc))
             return
         assert self.pipeline is not None
         await self.pipeline.stop(timeout_s=1.5)
         await self._stop_forwarders(1.0)
         stats = self.pipeline.stats
         self.config = new
-        self._build()
+        self._build(sinks)
         self.pipeline.stats = stats  # counters continue across a reload (Prometheus counters)
         self.pipeline.start()
         self._start_forwarders()

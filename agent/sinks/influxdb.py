@@ -146,7 +146,13 @@ def read_secret(value: SecretStr | None, path: Path | None, what: str) -> str | 
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as e:
-        raise SinkError(f"cannot read {what} {path}: {e.strerror}") from None
+        hint = (
+            f"a systemd credential exists only inside its service: elsewhere, point {what} at "
+            "the file itself"
+            if str(path).startswith("/run/credentials/")
+            else f"create the file or fix {what}"
+        )
+        raise SinkError(f"cannot read {what} {path}: {e.strerror} ({hint})") from None
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -434,7 +440,13 @@ class InfluxV1Sink:
 
 
 def build_sink(config: InfluxV2Config | InfluxV1Config) -> InfluxV2Sink | InfluxV1Sink:
-    """The explicit sink factory: config ``type`` → sink class."""
-    if isinstance(config, InfluxV2Config):
-        return InfluxV2Sink(config)
-    return InfluxV1Sink(config)
+    """The explicit sink factory: config ``type`` → sink class.
+
+    Reads the sink's secret files: :class:`SinkError` naming the sink when one cannot be read.
+    """
+    try:
+        if isinstance(config, InfluxV2Config):
+            return InfluxV2Sink(config)
+        return InfluxV1Sink(config)
+    except SinkError as exc:
+        raise SinkError(f"sink {config.name}: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -78,6 +79,15 @@ def test_sighup_reloads_and_keeps_the_spool(
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         wait(lambda: metric(http, "sink_spool_points") >= 10, 30)
+        # a reload into a config whose secret file cannot be read is refused: the agent goes
+        # on as it was (it stopped its devices for the reload before, and died)
+        sink = {**doc["sinks"][0], "username": "agent", "password_file": str(tmp_path / "nope")}
+        bad = {**doc, "sinks": [sink]}
+        cfg.write_text(yaml.safe_dump(bad))
+        spooled = metric(http, "points_spooled_total")
+        proc.send_signal(signal.SIGHUP)
+        wait(lambda: metric(http, "points_spooled_total") >= spooled + 3, 20)
+        assert proc.poll() is None
         doc["devices"][0]["interval_s"] = 0.2  # a change the reload must apply
         cfg.write_text(yaml.safe_dump(doc))
         before = metric(http, "sink_spool_points")
@@ -93,6 +103,12 @@ def test_sighup_reloads_and_keeps_the_spool(
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert "config_reloaded" in err
+    refused = [json.loads(line) for line in err.splitlines() if "config_reload_failed" in line]
+    assert len(refused) == 1
+    assert refused[0]["errors"] == (
+        f"sink influx1: cannot read password_file {tmp_path / 'nope'}: No such file or "
+        "directory (create the file or fix password_file)"
+    )
     # compressor-01 and hoist-01 both have motor_current: every point spooled before the reload,
     # and at least the 20 spooled after it, are there
     rows = influx.query("SELECT count(motor_current) FROM machine", "factory")

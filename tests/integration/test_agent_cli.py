@@ -123,3 +123,31 @@ def test_check_reports_each_device_and_sink(sim_ports: tuple[int, int], tmp_path
     assert opc.startswith("ok") and "3/3 machines" in opc
     assert mb.startswith("ok") and "2/2 machines" in mb and "round trip" in mb
     assert sink.startswith("FAIL") and f"127.0.0.1:{dead}" in sink
+
+
+def test_an_unreadable_secret_file_is_named_not_a_traceback(
+    sim_ports: tuple[int, int], tmp_path: Path
+) -> None:
+    """A token_file that cannot be read (a typo, or a systemd credential outside its service):
+    run exits 2 naming the sink, the file and the fix; check reports that sink as failing."""
+    missing = "/run/credentials/factory-agent.service/influx-token"
+    sinks = [{"name": "uplink", "type": "influxdb", "url": f"http://127.0.0.1:{free_port()}",
+              "org": "plant", "bucket": "machines", "token_file": missing}]  # fmt: skip
+    cfg = agent_config(tmp_path, sim_ports, sinks=sinks)
+    run = subprocess.run([*AGENT, "run", "-c", str(cfg), "--data-dir", str(tmp_path / "data")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=False)  # fmt: skip
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"factory-agent: {cfg}: sink uplink: cannot read token_file {missing}: No such file or "
+        "directory (a systemd credential exists only inside its service: elsewhere, point "
+        "token_file at the file itself)"
+    )
+    check = subprocess.run([*AGENT, "check", "-c", str(cfg), "--timeout", "5",
+                            "--data-dir", str(tmp_path)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60, check=False)  # fmt: skip
+    assert check.returncode == 2 and "Traceback" not in check.stderr
+    sink = next(line for line in check.stdout.splitlines() if "sink uplink" in line)
+    assert sink.startswith("FAIL") and f"cannot read token_file {missing}" in sink
+    assert "sink uplink: cannot" not in sink  # named once, in its column
