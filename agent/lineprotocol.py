@@ -34,19 +34,26 @@ values: ``\n`` and ``\r`` become the two characters ``\n`` and ``\r``.
 :meth:`Encoder.encode` returns one line without a trailing newline (``None`` when the point is
 not emitted); join lines with ``b"\n"`` as :meth:`Encoder.encode_many` does.
 
-Speed: the tag set and the field-name template of each machine are built once and cached; a
-reading whose values are all finite floats and all good (the common case) is one ``%``
-formatting. When ``orjson`` is installed, it formats such readings instead (its floats are
-shortest round-trip too, written its own way: ``1.5e-7``, ``0.00001``): ``float.__repr__`` of a
-17-digit double is most of the cost, and orjson's is several times cheaper.
-:meth:`Encoder.encode_many` checks a batch in C, as a whole (each machine's tags and field
-names, the types and finiteness of all the values), and formats its readings with one
-``dumps`` of all their values and one ``%``: 1.35 µs a reading of 8 noisy floats, against 2.2
-for :meth:`Encoder.encode` and 1.96 for the reading-by-reading batch it replaces
-(``benchmarks/bench_pipeline.py``). A reading off that path is left to :meth:`Encoder.encode`
-and the others still formatted together; but a value that is not a finite float (an integer,
-NaN) has every reading of its batch checked one by one: 0.2 to 0.5 µs a reading more than
-before for such a batch.
+Speed: the tag set of each machine and the template of each (field names, value types) pair
+are built once and cached; a reading whose values are all good and all finite floats, integers
+within int64 or booleans (the common case: a device's fields keep their types) is one ``%``
+formatting (``%r`` for a float, ``%di`` for an integer; without orjson a boolean takes the
+careful path). When ``orjson`` is installed, it formats such readings instead (its floats are
+shortest round-trip too, written its own way: ``1.5e-7``, ``0.00001``; its integers and
+booleans as line protocol's, an ``i`` added after an integer): ``float.__repr__`` of a 17-digit
+double is most of the cost, and orjson's is several times cheaper.
+:meth:`Encoder.encode_many` checks a batch in C, as a whole (each machine's tags, field names
+and value types, the int64 range of the integers, the finiteness of all the values), and formats
+its readings with one ``dumps`` of all their values and one ``%``. A reading of 8 noisy fields,
+in batches of 200 of one machine: 1.2 µs with 8 floats, 1.3 with 2 integers among them, 1.2 with
+a boolean, against 2.3, 3.1 and 2.3 for :meth:`Encoder.encode` (before integers and booleans
+took the fast path: 8.0 and 7.9 in a batch, 7.1 with encode(); ``benchmarks/bench_pipeline.py``).
+A reading off that path is left to :meth:`Encoder.encode` and the others still formatted
+together; but a value that fails the check (NaN, a type other than its machine's first reading
+of the batch had) has every reading of its batch checked one by one, each with the template of
+its own types: 2.2 µs a reading of 8 floats for a batch with one NaN. A machine whose first
+reading of the batch holds a value of another type (a string, None) has its readings of the
+batch all left to :meth:`Encoder.encode`.
 
 >>> from connectors.types import Quality
 >>> enc = Encoder()
@@ -72,6 +79,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from itertools import chain, compress
+from operator import itemgetter
 from typing import Any, Literal
 
 import structlog
@@ -90,8 +98,9 @@ _MEASUREMENT_SPECIAL = ", "
 _KEY_SPECIAL = ",= "
 _GOOD = QualityLevel.GOOD
 _isfinite = math.isfinite
-_FLOAT = frozenset([float])  # _FLOAT.issuperset(map(type, values)): all values floats
-_INT = frozenset([int])  # the same for integers
+_INT = frozenset([int])  # _INT.issuperset(map(type, values)): all values integers
+#: The value types the fast path writes (exact types: a numpy scalar takes the careful path).
+_FAST_TYPES = frozenset([float, int, bool])
 _hypot: Callable[..., float] = math.hypot  # sqrt of the sum of squares, without overflow
 _COLON_TO_EQUALS = bytes.maketrans(b":", b"=")
 #: Field names orjson writes as they are and line protocol needs no escape for.
@@ -105,8 +114,58 @@ def _no_orjson(_: object) -> bytes:
     raise AssertionError("orjson is used only when installed")  # pragma: no cover
 
 
-class _Never:
-    """The type no value has: the template of names the fast path must never take."""
+# How encode() writes a reading of good values, by its (field names, value types):
+_CAREFUL = 0  # one value at a time (_encode_fields): other types, empty names, bools in _TEXT
+_DICT = 1  # orjson dumps the dict, its keys become field keys (plain names; floats and bools)
+_SLOTS = 2  # orjson's text of each value fills a slot: b"a=%b,n=%bi" (plain names; ints)
+_TEXT = 3  # one % formatting: "a=%r,n=%di" (floats and ints)
+
+
+#: The fast path of one (field names, value types) pair, in any line: (the value types; the
+#: path; which values are ints (their range is checked), None: no int; the _TEXT template
+#: "a=%r,n=%di"; the template b"a=%b,n=%bi" orjson's text of each value fills, b"" when the
+#: names are not plain). Plain tuples, here and in _Head: a NamedTuple's fields are slower to
+#: read (Python 3.11 specializes reading and unpacking for exact tuples only).
+_Template = tuple[tuple[type, ...], int, tuple[bool, ...] | None, str, bytes]
+#: Encoder.encode_many's template of one (machine, tags, field names, value types): (the line up
+#: to the timestamp, a ``%b`` slot for each value, b"" when the reading cannot take the orjson
+#: path; the value types; which values are ints, None: no int; the same, always a tuple, for
+#: chaining the masks of several heads).
+_Head = tuple[bytes, tuple[type, ...], tuple[bool, ...] | None, tuple[bool, ...]]
+_TEXTS, _TYPES, _INTS, _MASKS = map(itemgetter, range(4))  # a _Head's fields, read in C
+
+
+def _in_int64(values: Iterable[Any], ints: Iterable[bool]) -> bool:
+    """Whether the values ``ints`` selects (integers, at least one) are all within int64."""
+    found: list[int] = list(compress(values, ints))
+    return min(found) >= INT64_MIN and max(found) <= INT64_MAX
+
+
+def _batch_fits(values: list[Any], heads: list[_Head], like: _Head | None) -> bool:
+    """Whether all the values (of the readings whose heads these are) take the fast path, checked
+    in C, at once: each of the type its head was made for, ints within int64, and floats
+    finite and too small for any reading's sum to overflow, as :meth:`Encoder.encode` needs.
+
+    The int64 check comes before ``hypot``, which raises ``OverflowError`` for an integer
+    beyond 1e308 (and takes NaN, ±Inf: NaN and ±Inf propagate). ``like``: a head whose value
+    types all the heads have (the common case), ``None`` when not known."""
+    if not heads:
+        return True
+    ints: Iterable[bool] | None = None
+    if like is not None:
+        _, like_types, like_ints, _ = like
+        types = list(like_types) * len(heads)
+        if like_ints:
+            ints = like_ints * len(heads)
+    else:
+        types = list(chain.from_iterable(map(_TYPES, heads)))
+        if any(map(_INTS, heads)):
+            ints = list(chain.from_iterable(map(_MASKS, heads)))
+    return (
+        list(map(type, values)) == types
+        and (ints is None or _in_int64(values, ints))
+        and _hypot(*values) * len(values) < 1e308
+    )
 
 
 def _load_orjson() -> Callable[[Any], bytes] | None:
@@ -218,9 +277,10 @@ class Encoder:
         self._divisor = DIVISORS[precision]
         self._measurement = escape(measurement, _MEASUREMENT_SPECIAL)
         self._prefixes: dict[tuple[str, ...], tuple[str, bytes]] = {}
-        self._templates: dict[tuple[str, ...], tuple[tuple[type, ...], str, bool]] = {}
+        self._templates: dict[tuple[str, ...], _Template] = {}  # the last used for the names
+        self._typed_templates: dict[tuple[Any, ...], _Template] = {}  # by (*names, *types)
         self._field_keys: dict[str, str] = {}
-        self._head_cache: dict[tuple[Any, ...], bytes] = {}
+        self._head_cache: dict[tuple[Any, ...], _Head] = {}
         self._quality_keys: dict[str, str] = {}
         self._log_state: dict[tuple[str, str], list[float]] = {}
 
@@ -238,29 +298,35 @@ class Encoder:
         ts = reading.time_ns if self._divisor == 1 else reading.time_ns // self._divisor
         fields = reading.fields
         if not reading.quality:
-            template = self._templates.get(tuple(fields))
-            if template is None:
-                template = self._new_template(tuple(fields))
-            # All floats, all finite: their sum is finite (NaN and ±Inf propagate), checked in C.
-            # A sum that overflows only sends the reading down the careful path.
             values = fields.values()
-            if tuple(map(type, values)) == template[0] and _isfinite(_sum(values)):
+            names, types = tuple(fields), tuple(map(type, values))
+            template = self._templates.get(names)
+            if template is None or template[0] != types:  # new names, or other types
+                template = self._template(names, types)
+            _, path, ints, text, slots = template
+            # Ints within int64; floats finite: their sum is finite (NaN and ±Inf propagate),
+            # checked in C. A sum that overflows only sends the reading down the careful path.
+            if path and (ints is None or _in_int64(values, ints)) and _isfinite(_sum(values)):
                 self.points += 1
-                if template[2]:
-                    # orjson, plain names: {"a":1.5,"b":2.0} -> a=1.5,b=2.0 in one C pass.
-                    text = self._dump(fields)[1:-1].translate(_COLON_TO_EQUALS, b'"')
-                    return b"%b%b %d" % (prefix[1], text, ts)
-                return f"{prefix[0]}{template[1] % tuple(values)} {ts}".encode()
+                if path == _DICT:
+                    # orjson, plain names: {"a":1.5,"b":true} -> a=1.5,b=true in one C pass.
+                    body = self._dump(fields)[1:-1].translate(_COLON_TO_EQUALS, b'"')
+                    return b"%b%b %d" % (prefix[1], body, ts)
+                if path == _SLOTS:  # orjson, plain names, ints: b"a=%b,n=%bi"
+                    texts = self._dump(list(values))[1:-1].split(b",")  # numbers: no comma
+                    return b"%b%b %d" % (prefix[1], slots % tuple(texts), ts)
+                return f"{prefix[0]}{text % tuple(values)} {ts}".encode()
         return self._encode_fields(reading, prefix[0], ts)
 
     def encode_many(self, readings: Iterable[Reading]) -> bytes:
         """Lines joined by ``\\n`` (no trailing newline); points not emitted leave no line.
 
         The batch twin of :meth:`encode`, same output. With orjson, the readings that take
-        encode()'s orjson path are formatted together (:meth:`_format`); the others one by one
+        encode()'s orjson paths are formatted together (:meth:`_format`); the others one by one
         with :meth:`encode`. Which readings those are is checked in C, for the whole batch at
-        once: a line template each (:meth:`_heads_of`), and the types and finiteness of one
-        flat list of all the values; only when some value fails is each reading checked.
+        once: a line template each (:meth:`_heads_of`), and the types, int64 range and
+        finiteness of one flat list of all the values (:func:`_batch_fits`); only when some
+        value fails is each reading checked (:meth:`_refit`).
         """
         if self._dumps is None:
             return b"\n".join([line for r in readings if (line := self.encode(r)) is not None])
@@ -268,29 +334,27 @@ class Encoder:
         if not batch:
             return b""
         fields = [r.fields for r in batch]
-        heads = self._heads_of(batch)
-        # encode()'s orjson path takes a reading with plain field names (a head), no quality
-        # entry, and all values floats with a finite sum
-        every = all(heads) and not any(r.quality for r in batch)
+        heads, like = self._heads_of(batch)
+        # encode()'s orjson paths take a reading with plain field names (a head), no quality
+        # entry, and values of its head's types: finite floats, ints within int64, bools
+        every = like is not None and not any(r.quality for r in batch)
         fast = (
             [True] * len(batch)
             if every
-            else [bool(head) and not r.quality for r, head in zip(batch, heads, strict=True)]
+            else [bool(h[0]) and not r.quality for r, h in zip(batch, heads, strict=True)]
         )
+        good = heads if every else list(compress(heads, fast))
         values = list(chain.from_iterable(map(dict.values, compress(fields, fast))))
-        if not (
-            list(map(type, values)).count(float) == len(values)
-            # finite, and too small for any reading's sum to overflow (NaN and ±Inf propagate)
-            and _hypot(*values) * len(values) < 1e308
-        ):
-            fast = [  # reading by reading, as encode() does
-                ok and _FLOAT.issuperset(map(type, v := f.values())) and _isfinite(_sum(v))
-                for f, ok in zip(fields, fast, strict=True)
+        if not _batch_fits(values, good, like):
+            refit = [  # reading by reading, as encode() does, each with its own types' head
+                self._refit(r, h) if ok else None
+                for r, h, ok in zip(batch, heads, fast, strict=True)
             ]
+            fast = list(map(bool, refit))  # a head (a tuple of 4) is true, None false
             every = False
+            good = list(filter(None, refit))
             values = list(chain.from_iterable(map(dict.values, compress(fields, fast))))
-        good = batch if every else list(compress(batch, fast))
-        body = self._format(good, heads if every else list(compress(heads, fast)), values)
+        body = self._format(batch if every else list(compress(batch, fast)), good, values)
         self.points += len(good)
         if every:
             return body
@@ -298,10 +362,28 @@ class Encoder:
         lines = [next(texts) if ok else self.encode(r) for r, ok in zip(batch, fast, strict=True)]
         return b"\n".join([line for line in lines if line is not None])
 
-    def _heads_of(self, batch: list[Reading]) -> list[bytes]:
-        """:meth:`_head` of each reading. A machine's readings share the head of its first one
-        when they have equal tags (so the same tag set) and the same field names (the common
-        case), checked in C; the readings of a machine that does not are looked up one by one."""
+    def _refit(self, reading: Reading, head: _Head) -> _Head | None:
+        """The head of the reading's own value types when encode() would take its orjson path
+        with it (the check of :meth:`encode`), else ``None``."""
+        values = reading.fields.values()
+        if tuple(map(type, values)) != head[1]:  # not those its machine's first reading had
+            head = self._head(reading)
+        text, _, ints, _ = head
+        if text and (ints is None or _in_int64(values, ints)) and _isfinite(_sum(values)):
+            return head
+        return None
+
+    def _heads_of(self, batch: list[Reading]) -> tuple[list[_Head], _Head | None]:
+        """:meth:`_head` of each reading, and a head on the fast path whose value types they all
+        have (the common case; ``None`` when not so or not known).
+
+        A machine's readings share the head of its first one when they have equal tags (so
+        the same tag set) and the same field names (the common case), checked in C; the
+        readings of a machine that does not are looked up one by one. A reading sharing the
+        head of other value types than its own is found by :func:`_batch_fits`, and given its
+        own head by :meth:`_refit`; but when the first reading's types cannot take the fast
+        path (a string, None, NaN...), the machine's readings of the batch all go to
+        :meth:`encode` (a string field is in every reading)."""
         machines = [r.machine for r in batch]
         first = batch[0]
         groups: dict[str, list[Reading]]
@@ -313,15 +395,22 @@ class Encoder:
                 groups[r.machine].append(r)
         shared = {m: self._head(rs[0]) if _alike(rs) else None for m, rs in groups.items()}
         head = shared[first.machine]
+        like = head if head is not None and head[0] else None
         if len(groups) == 1 and head is not None:
-            return [head] * len(batch)
-        return [h if (h := shared[r.machine]) is not None else self._head(r) for r in batch]
+            return [head] * len(batch), like
+        if like is not None:  # several machines, of one set of value types: mapped in C
+            alike = {m: h for m, h in shared.items() if h is not None and h[0] and h[1] == like[1]}
+            if len(alike) == len(shared):
+                return list(map(alike.__getitem__, machines)), like
+        heads = [h if (h := shared[r.machine]) is not None else self._head(r) for r in batch]
+        return heads, None
 
-    def _format(self, batch: list[Reading], heads: list[bytes], values: list[Any]) -> bytes:
+    def _format(self, batch: list[Reading], heads: list[_Head], values: list[Any]) -> bytes:
         """The lines of readings on the orjson path, from their heads and all their values.
 
         The heads, each followed by its reading's timestamp, make one template of all the
-        lines; ``dumps`` of the values, split at the commas, fills its ``%b`` slots at once.
+        lines; ``dumps`` of the values, split at the commas, fills its ``%b`` slots at once
+        (an int's slot is ``%bi``).
         """
         if not batch:
             return b""
@@ -337,9 +426,9 @@ class Encoder:
         )
         head = heads[0]
         if heads.count(head) == len(heads):  # one template (the common case): joined in C
-            template = head + (b"\n" + head).join(times)
+            template = head[0] + (b"\n" + head[0]).join(times)
         else:
-            template = b"\n".join(map(bytes.__add__, heads, times))
+            template = b"\n".join(map(bytes.__add__, map(_TEXTS, heads), times))
         return template % tuple(self._dump(values)[1:-1].split(b","))
 
     # -- the careful path: any type, quality fields, skips ------------------------------------
@@ -391,12 +480,12 @@ class Encoder:
         return None
 
     def _skipped(self, machine: str, name: str, value: object, has_key: bool) -> None:
-        if has_key and isinstance(value, numbers.Real) and not math.isfinite(value):
+        integer = isinstance(value, numbers.Integral)  # finite (isfinite(10**400) raises)
+        if has_key and not integer and isinstance(value, numbers.Real) and not _isfinite(value):
             self.skipped_nonfinite += 1
             self._log_limited("nonfinite_value_skipped", name, machine, value=repr(value))
         else:
             self.skipped_invalid += 1
-            integer = isinstance(value, numbers.Integral)
             reason = "integer outside int64" if integer else "unsupported type"
             if not has_key:
                 reason = "empty field name"
@@ -449,39 +538,54 @@ class Encoder:
         self._prefixes[key] = prefix = (text, text.encode())
         return prefix
 
-    def _new_template(self, names: tuple[str, ...]) -> tuple[tuple[type, ...], str, bool]:
-        """(value types the fast path needs, ``%`` template, orjson usable for these names)."""
-        keys = [self._field_keys.get(n) or self._new_field_key(n) for n in names]
-        template: tuple[tuple[type, ...], str, bool]
-        if not names or not all(keys):  # an empty name needs the careful path's count
-            template = ((_Never,), "", False)
-        else:
-            # orjson writes a key as "name": no escaping of ours, none of JSON's, no colon.
-            plain = self._dumps is not None and all(_PLAIN.fullmatch(n) for n in names)
-            slots = ",".join(k.replace("%", "%%") + "%r" for k in keys)
-            template = ((float,) * len(names), slots, plain)
+    def _template(self, names: tuple[str, ...], types: tuple[type, ...]) -> _Template:
+        """The template of these field names and value types, made the names' current one (a
+        device's types seldom change: :meth:`encode` looks a template up by the names)."""
+        key = (*names, *types)
+        template = self._typed_templates.get(key) or self._new_template(names, types)
+        if len(self._typed_templates) >= CACHE_MAX:
+            self._typed_templates.clear()
         if len(self._templates) >= CACHE_MAX:
             self._templates.clear()
-        self._templates[names] = template
+        self._typed_templates[key] = self._templates[names] = template
         return template
 
-    def _head(self, reading: Reading) -> bytes:
-        """The reading's line up to its timestamp, a ``%b`` slot for each value (``b""`` when
-        the reading cannot take the orjson path: field names not plain or empty, no field)."""
-        tags, names = reading.tags, tuple(reading.fields)
-        key = (reading.machine, len(tags), *tags.keys(), *tags.values(), *names)
+    def _new_template(self, names: tuple[str, ...], types: tuple[type, ...]) -> _Template:
+        """The fast path of readings with these field names and value types: the first that
+        fits of :data:`_DICT`, :data:`_SLOTS`, :data:`_TEXT`, else :data:`_CAREFUL`."""
+        keys = [self._field_keys.get(n) or self._new_field_key(n) for n in names]
+        # orjson writes a key as "name": no escaping of ours, none of JSON's, no colon.
+        plain = self._dumps is not None and all(_PLAIN.fullmatch(n) for n in names)
+        ints = tuple(t is int for t in types) if int in types else None
+        if not (
+            names
+            and all(keys)  # an empty name needs the careful path's count
+            and _FAST_TYPES.issuperset(types)
+            and (plain or bool not in types)  # %-formatting writes no bool as true/false
+        ):
+            return (types, _CAREFUL, ints, "", b"")
+        pairs = list(zip([k.replace("%", "%%") for k in keys], types, strict=True))
+        text = ",".join(k + ("%di" if t is int else "%r") for k, t in pairs)
+        slots = ",".join(k + ("%bi" if t is int else "%b") for k, t in pairs)
+        path = (_SLOTS if ints else _DICT) if plain else _TEXT
+        return (types, path, ints, text, slots.encode() if plain else b"")
+
+    def _head(self, reading: Reading) -> _Head:
+        """The reading's :data:`_Head`: its line up to its timestamp, a ``%b`` slot for each
+        value (text ``b""`` when the reading cannot take the orjson path: field names not plain
+        or empty, no field, values of other types)."""
+        tags, fields = reading.tags, reading.fields
+        types = tuple(map(type, fields.values()))
+        key = (reading.machine, len(tags), *tags.keys(), *tags.values(), *fields, *types)
         head = self._head_cache.get(key)
         if head is None:
             prefix_key = (reading.machine, *tags.keys(), *tags.values())
             prefix = self._prefixes.get(prefix_key) or self._new_prefix(
                 prefix_key, reading.machine, tags
             )
-            template = self._templates.get(names) or self._new_template(names)
-            head = b""
-            if template[2]:
-                keys = [self._field_keys.get(n) or self._new_field_key(n) for n in names]
-                slots = ",".join(k.replace("%", "%%") + "%b" for k in keys)
-                head = prefix[1].replace(b"%", b"%%") + slots.encode() + b" "
+            _, _, ints, _, slots = self._template(tuple(fields), types)
+            text = prefix[1].replace(b"%", b"%%") + slots + b" " if slots else b""
+            head = (text, types, ints, ints or (False,) * len(types))
             if len(self._head_cache) >= CACHE_MAX:
                 self._head_cache.clear()
             self._head_cache[key] = head

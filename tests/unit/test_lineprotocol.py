@@ -264,15 +264,82 @@ def test_fast_path_notices_a_type_change() -> None:
     assert b"a=true" in third
 
 
-def test_integers_outside_int64_are_skipped_and_counted() -> None:
-    enc = Encoder()
+def _careful_calls(enc: Encoder, monkeypatch: pytest.MonkeyPatch) -> list[Reading]:
+    """Record the readings encode() sends down its careful path (a value at a time)."""
+    calls: list[Reading] = []
+    encode_fields = enc._encode_fields
+
+    def spy(reading: Reading, prefix: str, ts: int) -> bytes | None:
+        calls.append(reading)
+        return encode_fields(reading, prefix, ts)
+
+    monkeypatch.setattr(enc, "_encode_fields", spy)
+    return calls
+
+
+@pytest.mark.parametrize("use_orjson", ORJSON)
+def test_integers_outside_int64_are_skipped_and_counted(
+    use_orjson: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enc = Encoder(use_orjson=use_orjson)
+    careful = _careful_calls(enc, monkeypatch)
+    line = enc.encode(reading({"ok": 1, "max": 2**63 - 1, "min": -(2**63)}))
+    assert line == b"machine,machine=cnc-01 ok=1i,max=%di,min=%di %d" % (2**63 - 1, -(2**63), T0)
+    assert careful == []  # int64's edges take the fast path
     with structlog.testing.capture_logs() as logs:
-        line = enc.encode(reading({"ok": 1, "huge": 2**64, "neg": -(2**63) - 1}))
+        line = enc.encode(reading({"ok": 1, "huge": 2**63, "neg": -(2**63) - 1, "vast": 10**400}))
     assert line is not None
     assert parse(line)[2] == {"ok": 1}
-    assert enc.skipped_invalid == 2
-    assert [e["event"] for e in logs] == ["invalid_value_skipped"] * 2
-    assert logs[0]["reason"] == "integer outside int64"
+    assert enc.skipped_invalid == 3
+    assert len(careful) == 1
+    assert [e["event"] for e in logs] == ["invalid_value_skipped"] * 3
+    assert {e["reason"] for e in logs} == {"integer outside int64"}
+
+
+#: One machine's readings, value types changing from one to the next (names: "a", "n", "on").
+TYPE_CHANGES: list[dict[str, FieldValue]] = [
+    {"a": 1.5, "n": 7, "on": True},
+    {"a": -0.25, "n": 2**63 - 1, "on": False},
+    {"a": 2.0, "n": -(2**63), "on": True},
+    {"a": 3, "n": 4.5, "on": 0},  # an int where a float was, a float for an int, int for bool
+    {"a": True, "n": False, "on": 1.0},  # a bool where an int was, ...
+    {"a": 1.5, "n": 7, "on": True},  # the first types again
+    {"a": 1.5, "n": 2**63, "on": True},  # careful from here on: n skipped
+    {"a": 1.5, "n": -(2**63) - 1, "on": None},
+    {"a": 1.5, "n": None, "on": "auto"},
+    {"a": math.nan, "n": 7, "on": True},
+]
+CAREFUL_WITH_ORJSON = [6, 7, 8, 9]
+CAREFUL_WITHOUT = [0, 1, 2, 4, 5, 6, 7, 8, 9]  # %-formatting takes no bool
+
+
+@pytest.mark.parametrize("use_orjson", ORJSON)
+def test_ints_and_bools_are_written_as_the_careful_path_writes_them(
+    use_orjson: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, enc, many = (Encoder(use_orjson=use_orjson) for _ in range(3))
+    careful = _careful_calls(enc, monkeypatch)
+    readings = [reading(f, time_ns=T0 + i) for i, f in enumerate(TYPE_CHANGES)]
+    # a good quality entry adds no field but sends a reading down the careful path
+    with structlog.testing.capture_logs() as logs_ref:
+        expected = [
+            ref.encode(reading(r.fields, time_ns=r.time_ns, quality={"a": GOOD})) for r in readings
+        ]
+    with structlog.testing.capture_logs() as logs:
+        assert [enc.encode(r) for r in readings] == expected
+    assert logs == logs_ref
+    want = CAREFUL_WITH_ORJSON if use_orjson else CAREFUL_WITHOUT
+    assert [readings.index(r) for r in careful] == want
+    assert expected[0] == b"machine,machine=cnc-01 a=1.5,n=7i,on=true %d" % T0
+    many_careful = _careful_counts(many, monkeypatch)
+    with structlog.testing.capture_logs():
+        for _ in range(2):  # batch by batch: the machine's types change between them too
+            assert [many.encode_many([r]) for r in readings] == [x or b"" for x in expected]
+            assert many.encode_many(readings) == b"\n".join(x for x in expected if x)
+    # without orjson, encode_many() is encode() reading by reading
+    assert sum(many_careful) == 4 * (len(want) if use_orjson else len(readings))
+    counters = ("points", "skipped_nonfinite", "skipped_empty", "skipped_invalid")
+    assert [getattr(many, c) for c in counters] == [4 * getattr(ref, c) for c in counters]
 
 
 # -- what cannot be written -------------------------------------------------------------------
@@ -440,7 +507,14 @@ def test_encode_many_is_encode_line_by_line(use_orjson: bool) -> None:
 
 # -- encode_many: the whole-batch path --------------------------------------------------------
 SIGNALS = ["spindle_speed", "load_%", "bearing_temp", "vibration", "flow{1}", "débit"]
+#: Signals of a fixed type, as a device has: unscaled Modbus registers, coils, OPC UA Booleans.
+INT_SIGNALS = ["parts_count", "mode_code", "alarm_word"]
+BOOL_SIGNALS = ["door_open", "coolant_on"]
 ODD_NAMES = ["a b", "x:y", "q,1", "", "100%"]  # not plain (formatted with %r), empty
+ODD_VALUES = [
+    1e16, 1.5e-7, -0.0, 5e-324, 1e308, -1e308, math.nan, math.inf, -math.inf, 7, True, False,
+    "auto", None, np.float64(2.5), np.int64(3), 2**64, 2**63, -(2**63) - 1, 10**400,
+]  # fmt: skip
 
 
 def _careful_counts(enc: Encoder, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -462,23 +536,28 @@ def _careful_counts(enc: Encoder, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return counts
 
 
-def _random_batch(rng: random.Random, shared: list[dict[str, str]]) -> list[Reading]:
-    """Mostly what connectors send (one machine, 5 tags, float fields); sometimes anything."""
+def _random_batch(rng: random.Random, shared: list[dict[str, str]]) -> tuple[str, list[Reading]]:
+    """Mostly what connectors send (one machine, 5 tags, float fields, often some int and bool
+    fields, a type per name); sometimes anything. Returns (kind, readings)."""
     kind = rng.choice(["common", "common", "common", "one odd", "machines", "anything"])
     n = rng.choice([1, 2, 3, 10, 50])
     machine = rng.choice(["cnc-01", "cnc-02", "press 7"])
     device = rng.choice(["plc-1", "plc 50%"])
     names = rng.sample(SIGNALS, rng.randint(1, len(SIGNALS)))
+    typed = INT_SIGNALS + BOOL_SIGNALS
+    names += rng.sample(typed, rng.choice([0, 0, 1, 2, len(typed)]))  # a mix per batch
+    rng.shuffle(names)
     grid = rng.random() < 0.5
 
-    def value(odd: bool) -> Any:
-        if not odd:
-            x = rng.uniform(-1e3, 1e3)
-            return round(x, 2) if grid else x
-        return rng.choice(
-            [1e16, 1.5e-7, -0.0, 5e-324, 1e308, -1e308, math.nan, math.inf, -math.inf, 7, True,
-             "auto", None, np.float64(2.5), 2**64]
-        )  # fmt: skip
+    def value(name: str, odd: bool) -> Any:
+        if odd:
+            return rng.choice(ODD_VALUES)
+        if name in INT_SIGNALS:
+            return rng.choice([rng.randrange(65536), rng.randrange(-(2**15), 2**15)])
+        if name in BOOL_SIGNALS:
+            return rng.random() < 0.5
+        x = rng.uniform(-1e3, 1e3)
+        return round(x, 2) if grid else x
 
     readings = []
     for i in range(n):
@@ -493,14 +572,14 @@ def _random_batch(rng: random.Random, shared: list[dict[str, str]]) -> list[Read
             tags = {rng.choice(["line", "b,c=d e", "site"]): rng.choice(["", "x", "a b"])}
         own = names
         if odd and rng.random() < 0.5:
-            own = rng.sample(SIGNALS + ODD_NAMES, rng.randint(0, 4))
-        fields = {name: value(odd and rng.random() < 0.3) for name in own}
+            own = rng.sample(SIGNALS + typed + ODD_NAMES, rng.randint(0, 4))
+        fields = {name: value(name, odd and rng.random() < 0.3) for name in own}
         quality = {own[0]: Quality.bad(1, "x")} if odd and own and rng.random() < 0.2 else {}
         ts = T0 + i * 100_000_000
         if odd and rng.random() < 0.1:
             ts = rng.choice([2**64 + i, 2**63, -5, 0])  # beyond orjson's 64 bits, edges
         readings.append(Reading(m, ts, fields, tags, quality))
-    return readings
+    return kind, readings
 
 
 @pytest.mark.parametrize("use_orjson", ORJSON)
@@ -518,12 +597,14 @@ def test_encode_many_is_encode_on_random_batches(
     counters = ("points", "skipped_nonfinite", "skipped_empty", "skipped_invalid")
     readings = 0
     for _ in range(400):
-        batch = _random_batch(rng, shared)
+        kind, batch = _random_batch(rng, shared)
         readings += len(batch)
         with structlog.testing.capture_logs() as logs_one:
             expected = b"\n".join(line for r in batch if (line := one.encode(r)) is not None)
         with structlog.testing.capture_logs() as logs_many:
             assert many.encode_many(batch) == expected
+        if use_orjson and kind in ("common", "machines"):  # floats, ints, bools: all fast
+            assert careful[-1] == 0, batch
         assert [getattr(many, c) for c in counters] == [getattr(one, c) for c in counters]
         assert logs_many == logs_one
         assert len(many._head_cache) <= cache_max
@@ -558,10 +639,33 @@ def _common(n: int, **fields: Any) -> list[Reading]:
         # timestamps written with %d, as encode() does, whatever they are
         ([*_common(2), reading({"a": 1.0}, time_ns=2**64)], 0),
         ([*_common(2), reading({"a": 1.0}, time_ns=float(T0))], 0),  # type: ignore[arg-type]
+        # ints and bools, a type per field: a head per (names, types)
+        ([*_common(2), reading({"a": 1}), reading({"a": True})], 0),
+        (_common(3, c=7, d=True, e=False), 0),
+        ([*_common(2), *_common(1, a=7)], 0),  # an int where the machine's first had a float
+        ([*_common(2, c=1), *_common(1, c=True), *_common(1, c=2.5)], 0),  # bool, float: int
+        ([*_common(2, c=True), *_common(2, c=1)], 0),  # an int where it had a bool
+        (_common(4, c=2**63 - 1, d=-(2**63)), 0),  # int64's edges
+        ([reading({"a": 1, "b": 2.0}, machine=m) for m in ("m1", "m2", "m1")], 0),
+        ([reading({"a": 1, "b": 2.0}, machine="m1"), reading({"a": 1.5, "b": 2}, machine="m2")],
+         0),
         # off the fast path: left to encode(), alone
         ([*_common(2), reading({"a": math.nan}), *_common(2)], 1),
-        ([*_common(2), reading({"a": 1}), reading({"a": True})], 2),
+        ([*_common(2, c=1), *_common(1, c=2**63), *_common(1, c=-(2**63) - 1)], 2),  # skipped
+        ([*_common(2), *_common(1, c=-(2**63) - 1), *_common(1)], 1),
+        ([*_common(2), *_common(1, a=10**400), *_common(1)], 1),  # huge: hypot would raise
+        ([*_common(2, c=1), *_common(1, c=10**400), *_common(1, c=1)], 1),  # so checked before
+        ([reading({"a": 1, "b": 2.0}, machine="m1"), reading({"a": 2**64, "b": 2.0}, machine="m2")],
+         1),
+        # m2's head is its first reading's (a float), which the check of values never sees
+        ([reading({"a": 1}, machine="m1"), reading({"a": 1.5}, machine="m2", quality={"a": GOOD}),
+          reading({"a": 2}, machine="m2")], 1),
+        ([*_common(2, c=1), *_common(1, c=None), *_common(1, c="auto")], 2),
+        # the machine's first reading of the batch cannot take the fast path: none of its do
+        # (a string field is in every reading), and the other machine's still do
+        ([*_common(1, c=None), *_common(2, c=1), reading({"a": 1.0}, machine="m2")], 3),
         ([*_common(2), reading({"a": np.float64(1.0)})], 1),
+        ([*_common(2), reading({"a": np.int64(1)}), reading({"a": np.bool_(True)})], 2),
         ([reading({"a": 1.0}, quality={"a": GOOD}), *_common(2)], 1),
         ([*_common(2), reading({"a b": 1.0})], 1),  # not plain: %r formatting in encode()
         ([*_common(2), reading({}), *_common(1)], 1),
@@ -575,11 +679,14 @@ def test_encode_many_leaves_to_encode_only_readings_off_its_fast_path(
 ) -> None:
     one, many = Encoder(), Encoder()
     careful = _careful_counts(many, monkeypatch)
-    expected = b"\n".join(line for r in batch if (line := one.encode(r)) is not None)
-    with structlog.testing.capture_logs():
+    with structlog.testing.capture_logs() as logs_one:
+        expected = b"\n".join(line for r in batch if (line := one.encode(r)) is not None)
+    with structlog.testing.capture_logs() as logs_many:
         assert many.encode_many(iter(batch)) == expected
     assert careful == [careful_count]
-    assert many.points == one.points
+    counters = ("points", "skipped_nonfinite", "skipped_empty", "skipped_invalid")
+    assert [getattr(many, c) for c in counters] == [getattr(one, c) for c in counters]
+    assert logs_many == logs_one
 
 
 def test_encode_many_sees_a_tag_dict_changed_between_calls() -> None:
