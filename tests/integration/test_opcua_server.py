@@ -282,12 +282,8 @@ async def secure_server(
             cert_dir=str(tmp_path / "pki"),
         )
     )
-    server = OpcUaSimServer(plant, port=0)
-    await server.start()
-    try:
+    async with serving_opcua(plant) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 async def test_sign_and_encrypt_with_username_password(
