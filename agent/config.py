@@ -67,6 +67,9 @@ class SpoolConfig(_Section):
     newest_first: bool = Field(False, description="deliver the newest backlog first")
     batch_points: int = Field(5000, ge=1, le=100_000, description="points per write")
     batch_interval_s: float = Field(1.0, gt=0, le=60, description="longest wait to fill a batch")
+    append_interval_s: float = Field(
+        0.5, gt=0, le=10, description="longest a reading waits before it is spooled"
+    )
 
 
 class HistoryConfig(_Section):

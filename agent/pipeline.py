@@ -2,10 +2,19 @@
 
 One task per device under a supervisor: a device that fails is restarted on its own and never
 stops the others. Readings are stamped at acquisition (the connector uses the source timestamp
-when the device gives one), pass the analytics hook, are encoded to line protocol and buffered
-in memory for at most ``flush_s`` (100 ms), then compressed once and appended to every sink's
-spool: only then do they count as collected. Each sink's forwarder delivers from its own spool
-independently.
+when the device gives one), pass the analytics hook, and wait in memory; on a tick of
+``flush_s`` (100 ms) where they are ``append_s`` old (0.5 s) or number :data:`APPEND_VALUES`
+values, they are encoded to line protocol, compressed once and appended to every sink's spool:
+only then do they count as collected. Each sink's forwarder delivers from its own spool
+independently, and counts a batch's age from its oldest reading's arrival, so waiting to append
+adds nothing to the delivery latency.
+
+Why wait: an append costs about the same for 100 values as for 5,000 (a compression call and
+one SQLite commit: a dozen page writes to the WAL), and a process that sleeps between ticks runs
+it with cold caches. A small plant (100 signals at 10 Hz) spent about a quarter of its CPU
+appending every 100 ms; a large one fills :data:`APPEND_VALUES` every tick and appends as
+before. The price: a crash of the agent (SIGKILL, power) loses up to ``append_s`` of readings
+not yet spooled instead of up to ``flush_s``.
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ from connectors.types import Reading
 AnalyticsHook = Callable[[Reading], Iterable[Reading]]
 
 log = structlog.get_logger(__name__)
+
+#: Values waiting in memory that make the next tick append, however young they are.
+APPEND_VALUES = 5_000
 
 
 def passthrough(reading: Reading) -> Iterable[Reading]:
@@ -56,6 +68,7 @@ class Pipeline:
         hook: AnalyticsHook = passthrough,
         history: Any = None,
         flush_s: float = 0.1,
+        append_s: float = 0.5,
         restart_s: float = 5.0,
     ) -> None:
         self.connectors = connectors
@@ -65,11 +78,14 @@ class Pipeline:
         self.hook = hook
         self.history = history
         self.flush_s = flush_s
+        self.append_s = append_s
         self.restart_s = restart_s
         self.stats = PipelineStats()
         self._buffer: list[bytes] = []  # encoded parts of the next flush
         self._emitted: list[bytes] = []  # self-metrics lines among them, one point each
         self._pending: list[Reading] = []
+        self._pending_values = 0
+        self._oldest_ns: int | None = None  # arrival of the oldest reading or line waiting
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
@@ -80,6 +96,9 @@ class Pipeline:
             for k, v in self.tags.items():
                 reading.tags.setdefault(k, v)
         self.stats.readings_in += 1
+        if self._oldest_ns is None:
+            self._oldest_ns = time.time_ns()
+        self._pending_values += len(reading.fields)
         self._pending.extend(self.hook(reading))
 
     async def _supervise(self, conn: Connector) -> None:
@@ -110,6 +129,8 @@ class Pipeline:
     def flush(self) -> int:
         """Encode what was collected and append it to every spool; return the points appended."""
         pending, self._pending = self._pending, []
+        oldest, self._oldest_ns = self._oldest_ns, None
+        self._pending_values = 0
         if self.history is not None and pending:
             self.history.add(pending)
         parts = self._buffer
@@ -128,7 +149,7 @@ class Pipeline:
         t0 = time.perf_counter()
         chunk = deflate(b"\n".join(parts))  # compressed once for every spool
         for spool in self.spools:
-            spool.append(chunk, n)
+            spool.append(chunk, n, created_ns=oldest)
         self.stats.last_flush_s = time.perf_counter() - t0
         self.stats.points_spooled += n
         self.stats.flushes += 1
@@ -137,8 +158,21 @@ class Pipeline:
     def emit(self, lines: Iterable[bytes]) -> None:
         """Add lines the agent produces itself (self-metrics) to the next flush."""
         for line in lines:
+            if self._oldest_ns is None:
+                self._oldest_ns = time.time_ns()
             self._buffer.append(line)
             self._emitted.append(line)
+
+    def due(self) -> bool:
+        """Whether this tick appends: enough values wait, or the oldest waits ``append_s``."""
+        if self._pending_values >= APPEND_VALUES:
+            return True
+        oldest = self._oldest_ns
+        # half a tick early: a reading that came just after a tick is appended on the tick
+        # append_s later, not one tick after that
+        return oldest is not None and (time.time_ns() - oldest) / 1e9 >= (
+            self.append_s - self.flush_s / 2
+        )
 
     async def _flusher(self) -> None:
         # On the wall clock's multiples of flush_s, where the devices' poll ticks fall too
@@ -148,7 +182,8 @@ class Pipeline:
         while not self._stopping.is_set():
             now = time.time_ns()
             await asyncio.sleep((period_ns - now % period_ns) / 1e9)
-            self.flush()
+            if self.due():
+                self.flush()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:

@@ -102,6 +102,7 @@ class Agent:
         self.pipeline = Pipeline(
             self.connectors, spools, Encoder(cfg.agent.measurement),
             tags=cfg.agent.tags, hook=self._hook(), history=self.history,
+            append_s=cfg.spool.append_interval_s,
         )  # fmt: skip
         self._monitor_encoder = Encoder(cfg.monitor.measurement, machine_tag=None)
         self._annotation_encoder = Encoder(ANNOTATION_MEASUREMENT)

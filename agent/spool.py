@@ -198,8 +198,13 @@ class Spool:
         self._enforce_budget()
 
     # -- public API ---------------------------------------------------------------------------
-    def append(self, payload: bytes | Chunk, n_points: int) -> int | None:
+    def append(
+        self, payload: bytes | Chunk, n_points: int, *, created_ns: int | None = None
+    ) -> int | None:
         """Store one payload (lines joined by ``\\n``); return its id, ``None`` if dropped.
+
+        ``created_ns``: when its oldest line was collected (default now); a batch's age, which
+        the forwarder waits for, counts from it.
 
         ``payload`` may come compressed already (:func:`agent.deflate.deflate`: the pipeline
         compresses a flush once for all its spools). Never raises for the disk: a payload that
@@ -213,13 +218,13 @@ class Spool:
             return None
         try:
             try:
-                row_id = self._insert(chunk, n_points)
+                row_id = self._insert(chunk, n_points, created_ns)
             except sqlite3.Error as exc:
                 if not _is_damage(exc):
                     raise
                 self._db.close()
                 self._db = self._open(damage=str(exc))  # damaged while running: salvage
-                row_id = self._insert(chunk, n_points)
+                row_id = self._insert(chunk, n_points, created_ns)
         except (sqlite3.Error, SpoolError) as exc:
             self._append_failed(exc, size, n_points)
             return None
@@ -300,9 +305,9 @@ class Spool:
     def _transaction(self) -> AbstractContextManager[None]:
         return write_transaction(self._db)
 
-    def _insert(self, chunk: Chunk, n_points: int) -> int:
+    def _insert(self, chunk: Chunk, n_points: int, created_ns: int | None) -> int:
         size = len(chunk.data)
-        row = (time.time_ns(), n_points, size, chunk.data, chunk.crc, chunk.size)
+        row = (created_ns or time.time_ns(), n_points, size, chunk.data, chunk.crc, chunk.size)
         dropped = (0, 0, 0)
         if self.stats.bytes + size <= self.max_bytes:
             row_id = self._db.execute(_INSERT, row).lastrowid
