@@ -6,8 +6,8 @@ when the device gives one), pass the analytics hook, and wait in memory; on a ti
 ``flush_s`` (100 ms) where they are ``append_s`` old (0.5 s) or number :data:`APPEND_VALUES`
 values, they are encoded to line protocol, compressed once and appended to every sink's spool:
 only then do they count as collected. Each sink's forwarder delivers from its own spool
-independently, and counts a batch's age from its oldest reading's arrival, so waiting to append
-adds nothing to the delivery latency.
+independently, and counts a batch's age (``batch_interval_s``) from its oldest reading's
+arrival, not from the append.
 
 Why wait: an append costs about the same for 100 values as for 5,000 (a compression call and
 one SQLite commit: a dozen page writes to the WAL), and a process that sleeps between ticks runs
