@@ -48,6 +48,14 @@ has passed, then one more after each commit until nothing is left to drop. Delet
 rows costs the same; the loop waits for one step at a time. :meth:`History.prune` called
 without ``max_rows`` still does it all at once.
 
+Failures. The history must never stop the agent: what the sinks receive does not go through
+it. A file that is not a database or is damaged (SQLite's NOTADB, CORRUPT) is moved aside as
+``history.db.damaged-<UTC time>`` (with its WAL) at open or when a write meets it, and a fresh
+one is started; the old readings are not salvaged (the sinks have them). A write that fails
+otherwise (disk full, I/O error) loses the readings of that commit, counted in ``rows_lost``;
+``history_write_failed`` is logged once until a write succeeds again
+(``history_write_recovered``).
+
 >>> import tempfile, pathlib
 >>> h = History(pathlib.Path(tempfile.mkdtemp()) / "history.db")
 >>> h.add([Reading("cnc-01", 1_000, {"speed": 8000.0}, {"line": "l1"})])
@@ -58,13 +66,16 @@ without ``max_rows`` still does it all at once.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 
 from agent.sqlitetx import write_transaction
 from connectors.types import FieldValue, Reading
@@ -126,6 +137,14 @@ PRUNE_STEP_ROWS = 5_000
 
 _Row = tuple[str, int, str, str | None]
 
+log = structlog.get_logger(__name__)
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    """Not a database, or a damaged one (not: full, locked, read-only, I/O...)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
 
 class History:
     """Recent readings of every machine, on disk."""
@@ -147,10 +166,14 @@ class History:
         self.prune_every_s = prune_every_s
         self.commit_every_s = commit_every_s
         self._clock = clock
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        for pragma in _PRAGMAS:
-            self._db.execute(f"PRAGMA {pragma}")
-        self._db.executescript(_SCHEMA)
+        self.rows_lost = 0  # readings whose commit failed
+        self._failing: str | None = None  # the error of the last write, until one succeeds
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            self._db = self._replace_damaged(exc)
         self._last_prune = 0.0
         # a step of pruning stopped at its limit with more to drop: "age" or "budget"
         self._prune_left: str | None = None
@@ -160,6 +183,41 @@ class History:
         self._pending_bytes = 0
         self.rows_added = 0
         self.rows_pruned = 0
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            for pragma in _PRAGMAS:
+                db.execute(f"PRAGMA {pragma}")
+            db.executescript(_SCHEMA)
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _replace_damaged(self, exc: sqlite3.Error) -> sqlite3.Connection:
+        """Move the damaged file aside and open a fresh one."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        for suffix in ("", "-wal"):
+            if (src := Path(f"{self.path}{suffix}")).exists():
+                os.replace(src, f"{aside}{suffix}")
+        Path(f"{self.path}-shm").unlink(missing_ok=True)
+        log.error("history_damaged", path=str(self.path), damage=str(exc), moved_to=str(aside),
+                  note="a fresh history is started; the sinks have the readings")  # fmt: skip
+        return self._connect()
+
+    def _write_failed(self, exc: sqlite3.Error, lost: int) -> None:
+        self.rows_lost += lost
+        if _is_damage(exc):
+            self._db.close()
+            self._db = self._replace_damaged(exc)
+            return
+        if self._failing is None:
+            log.warning("history_write_failed", path=str(self.path), error=str(exc),
+                        lost_rows=lost, note="the sinks are not affected; logged once until "
+                        "a write succeeds")  # fmt: skip
+        self._failing = str(exc)
 
     def add(self, readings: Iterable[Reading]) -> None:
         """Store readings: committed with the next ones at most ``commit_every_s`` later."""
@@ -191,7 +249,10 @@ class History:
         if committed:
             self.commit()
         if now - self._last_prune > self.prune_every_s or (committed and self._prune_left):
-            self.prune(max_rows=max(PRUNE_STEP_ROWS, 2 * self._last_commit_rows))
+            try:
+                self.prune(max_rows=max(PRUNE_STEP_ROWS, 2 * self._last_commit_rows))
+            except sqlite3.Error as exc:
+                self._write_failed(exc, 0)
 
     @property
     def prune_pending(self) -> bool:
@@ -205,8 +266,16 @@ class History:
         rows, self._pending = self._pending, []  # a failed write loses them, it does not grow
         self._pending_bytes = 0
         self._last_commit_rows = len(rows)
-        with write_transaction(self._db):
-            self._db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?)", rows)
+        try:
+            with write_transaction(self._db):
+                self._db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?)", rows)
+        except sqlite3.Error as exc:
+            self._write_failed(exc, len(rows))
+            return
+        if self._failing is not None:
+            log.info("history_write_recovered", path=str(self.path), failed_with=self._failing,
+                     lost_rows=self.rows_lost)  # fmt: skip
+            self._failing = None
 
     def query(
         self, machine: str, start_ns: int, end_ns: int, fields: Iterable[str] | None = None

@@ -86,6 +86,7 @@ class Pipeline:
         self._pending: list[Reading] = []
         self._pending_values = 0
         self._oldest_ns: int | None = None  # arrival of the oldest reading or line waiting
+        self._history_failing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
@@ -132,7 +133,14 @@ class Pipeline:
         oldest, self._oldest_ns = self._oldest_ns, None
         self._pending_values = 0
         if self.history is not None and pending:
-            self.history.add(pending)
+            try:
+                self.history.add(pending)
+            except Exception:  # the history is for plots: it must never stop the spooling
+                if not self._history_failing:
+                    log.exception("history_add_failed", note="logged once until it works")
+                self._history_failing = True
+            else:
+                self._history_failing = False
         parts = self._buffer
         self._buffer = []
         if pending:

@@ -32,6 +32,7 @@ def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # SQLite rolls back by itself after some errors (full disk, I/O)
+            db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import structlog
 
 import agent.history
 from agent.history import History
@@ -355,3 +356,44 @@ def test_span_and_pruning_seek_the_index_instead_of_scanning(tmp_path: Path) -> 
 
 def test_doctests() -> None:
     assert doctest.testmod(agent.history).failed == 0
+
+
+# -- failures: the history never stops the agent -------------------------------------------------
+def test_a_file_that_is_not_a_database_is_moved_aside_and_a_fresh_one_started(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "history.db"
+    garbage = random.Random(7).randbytes(50_000)
+    path.write_bytes(garbage)
+    with structlog.testing.capture_logs() as logs:
+        h = History(path)
+    (aside,) = tmp_path.glob("history.db.damaged-*")
+    assert aside.read_bytes() == garbage  # kept for a look, not salvaged
+    (event,) = [e for e in logs if e["event"] == "history_damaged"]
+    assert event["log_level"] == "error" and event["moved_to"] == str(aside)
+    assert "not a database" in event["damage"]
+    h.add([reading("cnc-01", 5 * SECOND, speed=1.0)])
+    assert h.query("cnc-01", 0, 10 * SECOND) == [(5 * SECOND, {"speed": 1.0}, {})]
+    h.close()
+
+
+def test_a_full_disk_loses_that_commit_counted_and_logged_once_then_recovers(
+    tmp_path: Path,
+) -> None:
+    h = History(tmp_path / "history.db", commit_every_s=0.0)  # every add commits
+    h.add([reading("cnc-01", SECOND, speed=1.0)])
+    pages = h._db.execute("PRAGMA page_count").fetchone()[0]
+    h._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "database or disk is full"
+    big = {f"s{i}": float(i) for i in range(300)}  # more than the free room of those pages
+    with structlog.testing.capture_logs() as logs:
+        for t in (2, 3):
+            h.add([Reading("cnc-01", t * SECOND, big), Reading("cnc-02", t * SECOND, big)])
+    assert h.rows_lost == 4
+    (failed,) = [e for e in logs if e["event"] == "history_write_failed"]  # once, not twice
+    assert "full" in failed["error"] and failed["lost_rows"] == 2
+    h._db.execute("PRAGMA max_page_count = 1073741823")  # room again
+    with structlog.testing.capture_logs() as logs:
+        h.add([reading("cnc-01", 4 * SECOND, speed=4.0)])
+    assert [e["event"] for e in logs] == ["history_write_recovered"]
+    assert [t for t, _, _ in h.query("cnc-01", 0, 10 * SECOND)] == [SECOND, 4 * SECOND]
+    h.close()

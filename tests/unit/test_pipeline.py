@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 
+from agent.history import History
 from agent.lineprotocol import Encoder
 from agent.pipeline import APPEND_VALUES, Pipeline
 from agent.spool import Spool
@@ -103,3 +105,20 @@ def test_the_flusher_appends_on_the_tick_after_append_s(spool: Spool) -> None:
     assert len(seen) == 1
     assert 0.2 <= seen[0] <= 0.8  # not on the next 50 ms tick; at about 0.3 s
     assert spool.stats.points == 2
+
+
+def test_a_history_that_fails_does_not_stop_the_spooling(spool: Spool, tmp_path: Path) -> None:
+    history = History(tmp_path / "history.db", commit_every_s=0.0)
+    p = Pipeline([], [spool], Encoder("machine"), history=history)  # type: ignore[arg-type]
+    # an integer beyond 64 bits: the encoder skips that field, the history's JSON cannot take it
+    p.accept(Reading("m1", time.time_ns(), {"speed": 1.0, "count": 2**70}))
+    with structlog.testing.capture_logs() as logs:
+        assert p.flush() == 1
+        p.accept(Reading("m1", time.time_ns(), {"speed": 2.0, "count": 2**70}))
+        assert p.flush() == 1
+    assert [e["event"] for e in logs].count("history_add_failed") == 1  # once, not every flush
+    assert spool.stats.points == 2
+    p.accept(reading())
+    assert p.flush() == 1
+    assert len(history.query("m1", 0, time.time_ns())) == 1  # the history works again
+    history.close()
