@@ -118,6 +118,7 @@ class Forwarder:
         self._attempts = 0  # consecutive failed attempts
         self._episode: dict[str, Any] | None = None
         self._rejections_logged = (0.0, 0)  # (monotonic time, rejections since)
+        self._step_failing = False  # a step raised (not a sink's error: those are handled)
         self._log = log.bind(sink=sink.name)
         self._busy = asyncio.Lock()  # one delivery at a time, when drain() overlaps run()
 
@@ -132,8 +133,21 @@ class Forwarder:
                 self.spool.sync_if_due()  # the fsync interval holds meanwhile
                 await _sleep(stop, min(wait, idle_s))
                 continue
-            async with self._busy:
-                delay = await self._step(wait_for_age=True)
+            try:
+                async with self._busy:
+                    delay = await self._step(wait_for_age=True)
+            except Exception:  # the spool's disk, or a bug: delivery must not end for good
+                if not self._step_failing:
+                    self._log.exception("forwarder_step_failed", retry_s=self.backoff_max_s,
+                                        note="logged once until a step works")  # fmt: skip
+                self._step_failing = True
+                self.stats.failing = True
+                await _sleep(stop, self.backoff_max_s)
+                continue
+            else:
+                if self._step_failing:
+                    self._log.info("forwarder_step_recovered")
+                self._step_failing = False
             if delay is None:
                 await _sleep(stop, idle_s)
             elif delay:

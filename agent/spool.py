@@ -194,6 +194,7 @@ class Spool:
         self._dirty = False
         self._overflow: list[int] | None = None  # [points, bytes, start_ns] of this episode
         self._append_failing = False
+        self._sync_failing = False
         self._db = self._open()
         self._enforce_budget()
 
@@ -284,9 +285,23 @@ class Spool:
         return points
 
     def sync(self) -> None:
-        """Make everything appended so far durable now (a WAL checkpoint, with its fsyncs)."""
-        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        """Make everything appended so far durable now (a WAL checkpoint, with its fsyncs).
+
+        Never raises: a checkpoint that fails (the disk) leaves the rows in the WAL, is logged
+        once until one succeeds, and is tried again at the next interval.
+        """
         self._last_sync = time.monotonic()
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            if not self._sync_failing:
+                log.warning("spool_sync_failed", spool=self.name, error=str(exc),
+                            note="logged once until a sync works")  # fmt: skip
+            self._sync_failing = True
+            return
+        if self._sync_failing:
+            log.info("spool_sync_recovered", spool=self.name)
+            self._sync_failing = False
         self._dirty = False
 
     def sync_if_due(self) -> None:

@@ -165,6 +165,26 @@ async def test_a_sink_bug_is_logged_once_and_retried(spool: Spool) -> None:
     assert logs[0]["exc_info"] is True and "RuntimeError: boom" in logs[1]["reason"]
 
 
+async def test_a_step_that_raises_is_logged_once_and_delivery_goes_on(spool: Spool) -> None:
+    sent = fill(spool, 2)
+    sink = ScriptedSink()
+    fwd = forwarder(spool, sink, backoff_max_s=0.05)
+    spool._db.close()  # every peek, ack and checkpoint now raises (as a failing disk would)
+
+    async def repaired_later() -> None:
+        await asyncio.sleep(0.4)
+        spool._db = spool._open()
+
+    with structlog.testing.capture_logs() as logs:
+        repair = asyncio.create_task(repaired_later())
+        await run_until(fwd, lambda: spool.stats.points == 0)
+        await repair
+    assert sink.accepted_lines() == sent
+    events = [e["event"] for e in logs]
+    assert events.count("forwarder_step_failed") == 1  # ~8 failed steps, logged once
+    assert events.index("forwarder_step_failed") < events.index("forwarder_step_recovered")
+
+
 # -- gzip bodies from the spool's rows --------------------------------------------------------
 async def test_a_gzip_sink_gets_the_rows_as_one_body_per_batch(spool: Spool) -> None:
     sent = fill(spool, 7)

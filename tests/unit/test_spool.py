@@ -423,6 +423,26 @@ def test_sync_and_close_modes(tmp_path: Path) -> None:
         Spool(tmp_path / "x.db", fsync="sometimes")  # type: ignore[arg-type]
 
 
+def test_a_checkpoint_that_fails_never_raises_is_logged_once_and_retried(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", fsync_interval_s=3600.0)
+    spool.append(payload(0), 10)  # not synced yet
+    spool.fsync_interval_s = 0.0  # from now on, every call syncs
+    db, spool._db = spool._db, sqlite3.connect(":memory:")
+    spool._db.close()  # every call on it raises, as a failing disk would
+    with structlog.testing.capture_logs() as logs:
+        spool.sync()
+        spool.sync_if_due()  # still dirty: tried again
+        assert spool.append(payload(1), 10) is None  # the append and its sync: no exception
+    events = [e["event"] for e in logs]
+    assert events.count("spool_sync_failed") == 1 and "spool_append_failed" in events
+    spool._db = db
+    with structlog.testing.capture_logs() as logs:
+        spool.sync_if_due()
+    assert [e["event"] for e in logs] == ["spool_sync_recovered"]
+    spool.close()
+    assert Spool(tmp_path / "s.db").stats.rows == 1
+
+
 def test_an_unusable_directory_is_an_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
