@@ -66,18 +66,16 @@ otherwise (disk full, I/O error) loses the readings of that commit, counted in `
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
 
-from agent.sqlitetx import write_transaction
+from agent.sqlitetx import move_aside, write_transaction
 from connectors.types import FieldValue, Reading
 
 _SCHEMA = """
@@ -197,12 +195,7 @@ class History:
 
     def _replace_damaged(self, exc: sqlite3.Error) -> sqlite3.Connection:
         """Move the damaged file aside and open a fresh one."""
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
-        for suffix in ("", "-wal"):
-            if (src := Path(f"{self.path}{suffix}")).exists():
-                os.replace(src, f"{aside}{suffix}")
-        Path(f"{self.path}-shm").unlink(missing_ok=True)
+        aside, _ = move_aside(self.path)
         log.error("history_damaged", path=str(self.path), damage=str(exc), moved_to=str(aside),
                   note="a fresh history is started; the sinks have the readings")  # fmt: skip
         return self._connect()

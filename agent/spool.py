@@ -61,14 +61,13 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 import structlog
 
 from agent.deflate import Chunk, ChunkError, deflate, gzip_body, inflate
-from agent.sqlitetx import write_transaction
+from agent.sqlitetx import move_aside, write_transaction
 
 FsyncMode = Literal["always", "interval", "never"]
 SYNCHRONOUS: dict[str, str] = {"always": "FULL", "interval": "NORMAL", "never": "OFF"}
@@ -448,14 +447,7 @@ class Spool:
         self.stats.rows, self.stats.points, self.stats.bytes = db.execute(count).fetchone()
 
     def _recover(self, damage: str) -> sqlite3.Connection:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
-        damaged_size = 0
-        for suffix in ("", "-wal", "-journal"):
-            if (src := Path(f"{self.path}{suffix}")).exists():
-                damaged_size += src.stat().st_size
-                os.replace(src, f"{aside}{suffix}")
-        Path(f"{self.path}-shm").unlink(missing_ok=True)
+        aside, damaged_size = move_aside(self.path)
         rows, expected, unreadable = _salvage(aside)
         db = self._connect(self.path)
         db.execute("BEGIN IMMEDIATE")
